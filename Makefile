@@ -1,0 +1,63 @@
+# secure-ml-api: every command of the public contract (../shared/CONTRACT.md §1).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+MODEL_DIR ?= var/model
+STAMP := $(VENV)/.installed
+
+# Load-test and bench parameters (override on the command line: make loadtest USERS=100).
+LOADTEST_URL ?= http://127.0.0.1:8000
+USERS ?= 30
+SPAWN_RATE ?= 10
+DURATION ?= 60s
+P99_BUDGET_MS ?= 250
+
+.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean
+
+install: $(STAMP)
+
+$(STAMP): requirements-dev.lock requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+	$(UV) pip install --quiet --python $(PY) -r requirements-dev.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+model: install
+	@test -f $(MODEL_DIR)/model.joblib || $(PY) -m service.ml.train --out $(MODEL_DIR)
+
+run: install model
+	$(PY) -m service.devserver
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) deploy/lint.py
+
+fmt: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+cluster: install model
+	$(PY) deploy/cluster.py up
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) deploy/cluster.py down; else echo "nothing to stop"; fi
+
+loadtest: install
+	$(PY) deploy/loadtest/run.py --url $(LOADTEST_URL) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --p99-budget-ms $(P99_BUDGET_MS)
+
+bench: install model
+	$(PY) deploy/bench/bench.py
+
+fuzz: install
+	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/fuzz -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) var reports .mypy_cache .ruff_cache .pytest_cache
