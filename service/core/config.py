@@ -1,0 +1,250 @@
+"""The one Settings object: every environment variable of the service, validated at start-up.
+
+A bad value stops the process before it serves anything, with a message naming the variable.
+Secrets also come from files (`JWT_SECRET_FILE`, ...) because Docker and Kubernetes mount
+secrets as files; the file wins only when the plain variable is unset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 32
+MIN_DISTINCT_CHARACTERS = 8  # catches "aaaa..." and repeated words; random keys have far more
+
+# Secrets copied from tutorials and documentation: production must never sign with one.
+WELL_KNOWN_SECRETS = frozenset(
+    {
+        "secret",
+        "changeme",
+        "change-me",
+        "change_me",
+        "changeit",
+        "your-secret-key",
+        "your_secret_key",
+        "supersecret",
+        "super-secret-key",
+        "jwt-secret",
+        "jwt_secret",
+        "mysecretkey",
+        "development",
+        "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
+        "a-string-secret-at-least-256-bits-long",
+    }
+)
+
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """A rate limit: `limit` requests per `window` seconds."""
+
+    limit: int
+    window: int
+
+    @classmethod
+    def parse(cls, text: str) -> RateSpec:
+        """Parse `N/second|minute|hour|day`; raise ValueError with the accepted syntax."""
+        match = _RATE_RE.match(text)
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(
+                f"invalid rate {text!r}: expected N/second, N/minute, N/hour or N/day with N >= 1"
+            )
+        return cls(int(match.group(1)), _PERIODS[match.group(2).lower()])
+
+    def __str__(self) -> str:
+        period = {v: k for k, v in _PERIODS.items()}[self.window]
+        return f"{self.limit}/{period}"
+
+
+def _read_secret_file(path: Path, variable: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{variable}: {path} is empty")
+    return value
+
+
+# Each secret variable and the *_FILE variable that may supply it instead.
+_FILE_BACKED = ("jwt_secret", "jwt_previous_secrets", "admin_password", "redis_password")
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (and `.env`; the process environment wins)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    app_env: Literal["development", "production"] = "development"
+    instance_name: str = Field(default_factory=socket.gethostname)
+
+    # Redis: users, revocations and rate-limit counters live here.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+    redis_socket_timeout: float = Field(default=0.5, gt=0, le=10)
+    redis_max_connections: int = Field(default=64, ge=1)
+
+    # Tokens.
+    jwt_secret: SecretStr | None = None
+    jwt_secret_file: Path | None = None
+    jwt_previous_secrets: SecretStr | None = None
+    jwt_previous_secrets_file: Path | None = None
+    jwt_algorithm: Literal["HS256", "ES256", "RS256"] = "HS256"
+    jwt_private_key_file: Path | None = None
+    jwt_previous_public_key_files: CommaList = ()
+    jwt_issuer: str = "secure-ml-api"
+    jwt_audience: str = "secure-ml-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86400)
+    refresh_token_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
+
+    # Users and password hashing (Argon2id; the defaults follow RFC 9106's second choice).
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+    admin_password_file: Path | None = None
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+    password_hash_concurrency: int = Field(default=2, ge=1)
+
+    # Rate limits.
+    rate_limit_predict: str = "60/minute"
+    rate_limit_login: str = "5/minute"
+    rate_limit_login_ip: str = "30/minute"
+    rate_limit_public: str = "120/minute"
+    rate_limit_fail_open: bool = False
+    trusted_proxies: CommaList = ("127.0.0.1",)
+
+    # Model and input limits.
+    model_dir: Path = Path("var/model")
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    max_batch_size: int = Field(default=256, ge=1, le=10000)
+    inline_inference_rows: int = Field(default=64, ge=0)
+
+    # Serving and logs.
+    bind: str = "127.0.0.1:8000"
+    web_concurrency: int = Field(default=2, ge=1)
+    graceful_timeout: int = Field(default=30, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("jwt_previous_public_key_files", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR"
+                ) from None
+        return value
+
+    @field_validator(
+        "rate_limit_predict", "rate_limit_login", "rate_limit_login_ip", "rate_limit_public"
+    )
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        RateSpec.parse(value)
+        return value
+
+    @field_validator("model_dir")
+    @classmethod
+    def _absolute_model_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _load_files_and_check_secrets(self) -> Self:
+        for name in _FILE_BACKED:
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"set {name.upper()} or {name.upper()}_FILE, not both")
+            secret = SecretStr(_read_secret_file(path, f"{name.upper()}_FILE"))
+            object.__setattr__(self, name, secret)
+        self._check_signing_keys()
+        return self
+
+    def _check_signing_keys(self) -> None:
+        if self.jwt_algorithm != "HS256":
+            if self.jwt_private_key_file is None:
+                raise ValueError(f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PRIVATE_KEY_FILE")
+            return
+        if self.jwt_secret is None:
+            raise ValueError(
+                "JWT_SECRET (or JWT_SECRET_FILE) is required: generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        for secret in (self.jwt_secret, *self.previous_secrets):
+            problem = _secret_problem(secret.get_secret_value())
+            if problem is None:
+                continue
+            if self.app_env == "production":
+                raise ValueError(f"APP_ENV=production refuses this JWT secret: {problem}")
+            logger.warning("weak JWT secret (%s): acceptable only in development", problem)
+
+    @cached_property
+    def previous_secrets(self) -> tuple[SecretStr, ...]:
+        """Retired HS256 keys that still verify tokens until those expire."""
+        if self.jwt_previous_secrets is None:
+            return ()
+        raw = self.jwt_previous_secrets.get_secret_value()
+        return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
+
+    @cached_property
+    def predict_rate(self) -> RateSpec:
+        return RateSpec.parse(self.rate_limit_predict)
+
+    @cached_property
+    def login_rate(self) -> RateSpec:
+        return RateSpec.parse(self.rate_limit_login)
+
+    @cached_property
+    def login_ip_rate(self) -> RateSpec:
+        return RateSpec.parse(self.rate_limit_login_ip)
+
+    @cached_property
+    def public_rate(self) -> RateSpec:
+        return RateSpec.parse(self.rate_limit_public)
+
+
+def _secret_problem(secret: str) -> str | None:
+    if secret.lower() in WELL_KNOWN_SECRETS:
+        return "it is a well-known example value"
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"it is shorter than {MIN_SECRET_BYTES} bytes"
+    if len(set(secret)) < MIN_DISTINCT_CHARACTERS:
+        return f"it has fewer than {MIN_DISTINCT_CHARACTERS} distinct characters"
+    return None
