@@ -1,0 +1,1 @@
+"""Cross-cutting pieces: configuration, security, Redis, rate limiting, errors."""

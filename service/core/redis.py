@@ -1,0 +1,81 @@
+"""The Redis client and the Lua scripts the service runs on it.
+
+The client is created inside the app lifespan, i.e. in each worker after gunicorn forks, so
+no two processes ever share a socket. Short socket timeouts turn an unreachable or stalled
+Redis into a fast error (answered 503) instead of a hung request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from service.core.config import Settings
+
+KEY_PREFIX = "sma:"
+
+
+def user_key(username: str) -> str:
+    return f"{KEY_PREFIX}user:{username}"
+
+
+USERS_SET = f"{KEY_PREFIX}users"
+
+
+def revoked_key(jti: str) -> str:
+    return f"{KEY_PREFIX}revoked:{jti}"
+
+
+def used_refresh_key(jti: str) -> str:
+    return f"{KEY_PREFIX}refresh-used:{jti}"
+
+
+def rate_key(policy: str, identity: str) -> str:
+    return f"{KEY_PREFIX}rl:{policy}:{identity}"
+
+
+def _lua(name: str) -> str:
+    return resources.files("service.core").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """Registered scripts: redis-py reloads one by itself when Redis answers NOSCRIPT
+    (e.g. after a restart emptied the script cache)."""
+
+    gate: AsyncScript
+    refresh: AsyncScript
+    create_user: AsyncScript
+    update_user: AsyncScript
+
+    @classmethod
+    def register(cls, client: Redis) -> Scripts:
+        return cls(
+            gate=client.register_script(_lua("gate.lua")),
+            refresh=client.register_script(_lua("refresh.lua")),
+            create_user=client.register_script(_lua("create_user.lua")),
+            update_user=client.register_script(_lua("update_user.lua")),
+        )
+
+
+def create_redis(settings: Settings) -> Redis:
+    """A pooled asyncio client with short timeouts and no hidden retries."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        max_connections=settings.redis_max_connections,
+        health_check_interval=30,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
+        client_name=f"secure-ml-api:{settings.instance_name}",
+        # A password in the URL wins; REDIS_PASSWORD[_FILE] fills in when the URL has none.
+        password=password,
+    )

@@ -1,0 +1,237 @@
+"""Password hashing and JWT issue/verification.
+
+Passwords: Argon2id through libpass (imported as `passlib`), off the event loop, with a bound
+on how many hashes run at once (each one takes tens of MiB). Tokens: python-jose with the
+algorithm list pinned, every registered claim required, issuer and audience checked, and a
+`kid` header so that retired keys keep verifying until their tokens expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from cryptography.hazmat.primitives import serialization
+from jose import jwk, jwt
+from jose.exceptions import ExpiredSignatureError
+from passlib.context import CryptContext
+
+from service.core.config import Settings
+
+TokenUse = Literal["access", "refresh"]
+MAX_TOKEN_LENGTH = 4096
+LEEWAY_SECONDS = 5
+_REQUIRED = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
+
+
+class InvalidTokenError(Exception):
+    """The token cannot be trusted; `reason` is a short machine-readable cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PasswordHasher:
+    """Argon2id hashing; unknown users are verified against a dummy hash so that a wrong
+    username costs the same time as a wrong password."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._context = CryptContext(
+            schemes=["argon2"],
+            argon2__time_cost=settings.argon2_time_cost,
+            argon2__memory_cost=settings.argon2_memory_cost_kib,
+            argon2__parallelism=settings.argon2_parallelism,
+        )
+        self._limiter = anyio.CapacityLimiter(settings.password_hash_concurrency)
+        self._dummy_hash = self._context.hash(secrets.token_urlsafe(24))
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        """Return (valid, new_hash); new_hash is set when the stored hash used older parameters."""
+        target = stored_hash or self._dummy_hash
+        valid, new_hash = await anyio.to_thread.run_sync(
+            self._context.verify_and_update, password, target, limiter=self._limiter
+        )
+        if stored_hash is None:
+            return False, None
+        return bool(valid), new_hash
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    subject: str
+    scopes: frozenset[str]
+    jti: str
+    use: TokenUse
+    version: str
+    issued_at: int
+    expires_at: int
+
+    def remaining_ms(self, now: float | None = None) -> int:
+        """Milliseconds until expiry (at least 1), the TTL of anything that revokes it."""
+        now = time.time() if now is None else now
+        return max(1, int((self.expires_at + LEEWAY_SECONDS - now) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class _SigningKey:
+    kid: str
+    key: Any
+
+
+def _hs_kid(secret: str) -> str:
+    return "hs-" + hashlib.sha256(b"kid:" + secret.encode()).hexdigest()[:16]
+
+
+def _public_pem(path: Path) -> tuple[str, bytes]:
+    """Load a private or public PEM and return (kid, public PEM)."""
+    data = path.read_bytes()
+    try:
+        public = serialization.load_pem_private_key(data, password=None).public_key()
+    except (ValueError, TypeError):
+        public = serialization.load_pem_public_key(data)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16], pem
+
+
+class TokenService:
+    """Issues and verifies access and refresh tokens."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._access_ttl = settings.access_token_ttl_seconds
+        self._refresh_ttl = settings.refresh_token_ttl_seconds
+        self._verify_keys: dict[str, Any] = {}
+        self._public_pems: dict[str, bytes] = {}
+        if self._algorithm == "HS256":
+            if settings.jwt_secret is None:
+                raise ValueError("JWT_SECRET is required for HS256")
+            current = settings.jwt_secret.get_secret_value()
+            self._signing = _SigningKey(_hs_kid(current), current)
+            for secret in (current, *(s.get_secret_value() for s in settings.previous_secrets)):
+                self._verify_keys[_hs_kid(secret)] = secret
+        else:
+            if settings.jwt_private_key_file is None:
+                raise ValueError(f"JWT_PRIVATE_KEY_FILE is required for {self._algorithm}")
+            kid, pem = _public_pem(settings.jwt_private_key_file)
+            self._signing = _SigningKey(kid, settings.jwt_private_key_file.read_text())
+            self._public_pems[kid] = pem
+            for extra in settings.jwt_previous_public_key_files:
+                old_kid, old_pem = _public_pem(Path(extra))
+                self._public_pems[old_kid] = old_pem
+            self._verify_keys = {k: v.decode() for k, v in self._public_pems.items()}
+
+    @property
+    def access_ttl(self) -> int:
+        return self._access_ttl
+
+    def issue_pair(self, username: str, scopes: frozenset[str], version: str) -> TokenPair:
+        now = int(time.time())
+        access = self._encode(username, scopes, version, "access", now, self._access_ttl)
+        refresh = self._encode(username, scopes, version, "refresh", now, self._refresh_ttl)
+        return TokenPair(access, refresh, self._access_ttl)
+
+    def _encode(
+        self,
+        username: str,
+        scopes: frozenset[str],
+        version: str,
+        use: TokenUse,
+        now: int,
+        ttl: int,
+    ) -> str:
+        claims = {
+            "sub": username,
+            "scope": " ".join(sorted(scopes)),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "token_use": use,
+            "ver": version,
+        }
+        return jwt.encode(
+            claims, self._signing.key, algorithm=self._algorithm, headers={"kid": self._signing.kid}
+        )
+
+    def decode(self, token: str, expected: TokenUse) -> TokenClaims:
+        """Verify signature, algorithm, time claims, issuer, audience and the token's use."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidTokenError("malformed")
+        try:
+            header = jwt.get_unverified_header(token)
+        except Exception:  # any parse failure of untrusted input means "not a token"
+            raise InvalidTokenError("malformed") from None
+        kid = header.get("kid") if isinstance(header, dict) else None
+        key = self._verify_keys.get(kid) if isinstance(kid, str) else None
+        if key is None or header.get("alg") != self._algorithm:
+            raise InvalidTokenError("unknown_key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={f"require_{name}": True for name in _REQUIRED}
+                | {"leeway": LEEWAY_SECONDS},
+            )
+        except ExpiredSignatureError:
+            raise InvalidTokenError("expired") from None
+        except Exception:  # bad signature, nbf in the future, wrong iss/aud, missing claims
+            raise InvalidTokenError("invalid") from None
+        return _claims(claims, expected)
+
+    def jwks(self) -> dict[str, list[dict[str, Any]]]:
+        """Public keys for other services; empty in HS256 mode (a secret is never published)."""
+        keys = []
+        for kid, pem in self._public_pems.items():
+            entry = jwk.construct(pem, self._algorithm).to_dict()
+            entry.update({"kid": kid, "use": "sig", "alg": self._algorithm})
+            keys.append(entry)
+        return {"keys": keys}
+
+
+def _claims(claims: dict[str, Any], expected: TokenUse) -> TokenClaims:
+    use, scope, version = claims.get("token_use"), claims.get("scope"), claims.get("ver")
+    if use != expected:
+        raise InvalidTokenError("wrong_token_use")
+    if not isinstance(scope, str) or not isinstance(version, str):
+        raise InvalidTokenError("invalid")
+    subject, jti = claims["sub"], claims["jti"]
+    if not isinstance(subject, str) or not isinstance(jti, str):
+        raise InvalidTokenError("invalid")
+    return TokenClaims(
+        subject=subject,
+        scopes=frozenset(scope.split()),
+        jti=jti,
+        use=use,
+        version=version,
+        issued_at=int(claims["iat"]),
+        expires_at=int(claims["exp"]),
+    )

@@ -1,0 +1,164 @@
+"""Users in Redis: one hash per user, shared by every worker of every instance.
+
+`token_version` is a random value copied into every token the user gets. Changing it
+(revoke-tokens, password or scope change, refresh-token reuse) kills all of the user's
+tokens at once; a deleted and re-created user gets a new one, so old tokens stay dead.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+from service.core.config import RateSpec
+from service.core.redis import USERS_SET, Scripts, user_key
+from service.core.security import PasswordHasher
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+_USERNAME_RE = re.compile(USERNAME_PATTERN)
+MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1024
+KNOWN_SCOPES = frozenset({"predict", "admin"})
+
+
+def normalize_username(username: str) -> str:
+    """Usernames compare case-insensitively: store and look up the lower-case form."""
+    if not _USERNAME_RE.fullmatch(username):
+        raise ValueError("username must be 3-64 characters of letters, digits, '_', '.', '-'")
+    return username.lower()
+
+
+def check_password(username: str, password: str) -> str:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise ValueError(
+            f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long"
+        )
+    if password.lower() == username.lower():
+        raise ValueError("password must not be the username")
+    return password
+
+
+def check_scopes(scopes: set[str] | frozenset[str] | list[str]) -> frozenset[str]:
+    unknown = set(scopes) - KNOWN_SCOPES
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(KNOWN_SCOPES)}")
+    return frozenset(scopes)
+
+
+def new_token_version() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    password_hash: str
+    scopes: frozenset[str]
+    disabled: bool
+    created_at: float
+    token_version: str
+    rate_limit: str | None
+
+    @classmethod
+    def from_hash(cls, username: str, fields: dict[str, str]) -> User:
+        return cls(
+            username=username,
+            password_hash=fields["hash"],
+            scopes=frozenset(fields.get("scopes", "").split()),
+            disabled=fields.get("disabled") == "1",
+            created_at=float(fields.get("created_at", "0")),
+            token_version=fields["token_version"],
+            rate_limit=fields.get("rate_limit") or None,
+        )
+
+
+class UserStore:
+    """CRUD on users; every write that must not race is a Lua script."""
+
+    def __init__(self, redis: Redis, scripts: Scripts, hasher: PasswordHasher) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self.hasher = hasher
+
+    async def get(self, username: str) -> User | None:
+        # decode_responses=True: Redis answers str, which redis-py's stubs cannot know.
+        fields = cast(dict[str, str], await self._redis.hgetall(user_key(username)))
+        if not fields or "hash" not in fields:
+            return None
+        return User.from_hash(username, fields)
+
+    async def create(self, username: str, password: str, scopes: frozenset[str]) -> bool:
+        """Create the user unless it exists; returns whether it was created."""
+        password_hash = await self.hasher.hash(password)
+        fields = {
+            "hash": password_hash,
+            "scopes": " ".join(sorted(scopes)),
+            "disabled": "0",
+            "created_at": f"{time.time():.3f}",
+            "token_version": new_token_version(),
+        }
+        args = [username, *(item for pair in fields.items() for item in pair)]
+        created = await self._scripts.create_user(keys=[user_key(username), USERS_SET], args=args)
+        return bool(created)
+
+    async def list(self) -> list[User]:
+        names = sorted(cast(set[str], await self._redis.smembers(USERS_SET)))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(user_key(name))
+            rows = cast(list[dict[str, str]], await pipe.execute())
+        return [User.from_hash(n, f) for n, f in zip(names, rows, strict=True) if f.get("hash")]
+
+    async def update(
+        self,
+        username: str,
+        *,
+        disabled: bool | None = None,
+        password: str | None = None,
+        scopes: frozenset[str] | None = None,
+        rate_limit: RateSpec | None = None,
+        clear_rate_limit: bool = False,
+    ) -> bool:
+        """Apply the given changes; a new password or scopes revoke the user's tokens."""
+        fields: dict[str, str] = {}
+        removed: list[str] = []
+        if disabled is not None:
+            fields["disabled"] = "1" if disabled else "0"
+        if password is not None:
+            fields["hash"] = await self.hasher.hash(password)
+        if scopes is not None:
+            fields["scopes"] = " ".join(sorted(scopes))
+        if password is not None or scopes is not None:
+            fields["token_version"] = new_token_version()
+        if rate_limit is not None:
+            fields |= {
+                "rate_limit": str(rate_limit),
+                "rl_limit": str(rate_limit.limit),
+                "rl_window_ms": str(rate_limit.window * 1000),
+            }
+        elif clear_rate_limit:
+            removed = ["rate_limit", "rl_limit", "rl_window_ms"]
+        pairs = [item for pair in fields.items() for item in pair]
+        args: list[str | int] = [len(removed), *removed, *pairs]
+        updated = await self._scripts.update_user(keys=[user_key(username)], args=args)
+        return bool(updated)
+
+    async def set_password_hash(self, username: str, password_hash: str) -> None:
+        """Store a rehash after login (same password, newer parameters): tokens stay valid."""
+        await self._scripts.update_user(keys=[user_key(username)], args=[0, "hash", password_hash])
+
+    async def revoke_tokens(self, username: str) -> bool:
+        args: list[str | int] = [0, "token_version", new_token_version()]
+        return bool(await self._scripts.update_user(keys=[user_key(username)], args=args))
+
+    async def delete(self, username: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(user_key(username))
+            pipe.srem(USERS_SET, username)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
