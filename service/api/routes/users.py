@@ -1,0 +1,102 @@
+"""User administration (scope `admin`) and the caller's own profile."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Response, status
+
+from service.api.deps import AdminUser, CurrentUser, ServicesDep
+from service.api.schemas import UserCreate, UserDetail, UserOut, UserUpdate
+from service.core.config import RateSpec
+from service.core.users import USERNAME_PATTERN, User, check_password
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+UsernamePath = Annotated[str, Path(pattern=USERNAME_PATTERN)]
+
+
+def _detail(user: User) -> UserDetail:
+    return UserDetail(
+        username=user.username,
+        scopes=sorted(user.scopes),
+        disabled=user.disabled,
+        created_at=datetime.fromtimestamp(user.created_at, UTC),
+        rate_limit=user.rate_limit,
+    )
+
+
+def _not_found(username: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"No user named {username!r}")
+
+
+def _unprocessable(field: str, message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        [{"type": "value_error", "loc": ["body", field], "msg": message}],
+    )
+
+
+@router.get("/me", response_model=UserOut)
+async def me(user: CurrentUser) -> UserOut:
+    return UserOut(username=user.username, scopes=sorted(user.scopes), disabled=False)
+
+
+@router.post("", response_model=UserDetail, status_code=status.HTTP_201_CREATED)
+async def create_user(body: UserCreate, _: AdminUser, services: ServicesDep) -> UserDetail:
+    try:
+        check_password(body.username, body.password)
+    except ValueError as exc:
+        raise _unprocessable("password", str(exc)) from None
+    if not await services.users.create(body.username, body.password, frozenset(body.scopes)):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"User {body.username!r} already exists")
+    user = await services.users.get(body.username)
+    if user is None:  # deleted between the two calls
+        raise _not_found(body.username)
+    return _detail(user)
+
+
+@router.get("", response_model=list[UserDetail])
+async def list_users(_: AdminUser, services: ServicesDep) -> list[UserDetail]:
+    return [_detail(user) for user in await services.users.list()]
+
+
+@router.patch("/{username}", response_model=UserDetail)
+async def update_user(
+    username: UsernamePath, body: UserUpdate, _: AdminUser, services: ServicesDep
+) -> UserDetail:
+    """Disable/enable, set password or scopes (both revoke the user's tokens), set a rate."""
+    name = username.lower()
+    if body.password is not None:
+        try:
+            check_password(name, body.password)
+        except ValueError as exc:
+            raise _unprocessable("password", str(exc)) from None
+    updated = await services.users.update(
+        name,
+        disabled=body.disabled,
+        password=body.password,
+        scopes=frozenset(body.scopes) if body.scopes is not None else None,
+        rate_limit=RateSpec.parse(body.rate_limit) if body.rate_limit else None,
+        clear_rate_limit="rate_limit" in body.model_fields_set and body.rate_limit is None,
+    )
+    user = await services.users.get(name) if updated else None
+    if user is None:
+        raise _not_found(name)
+    return _detail(user)
+
+
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_user(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
+    if not await services.users.delete(username.lower()):
+        raise _not_found(username.lower())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{username}/revoke-tokens", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_tokens(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
+    """Every token issued to the user so far stops working, on every instance, at once."""
+    if not await services.users.revoke_tokens(username.lower()):
+        raise _not_found(username.lower())
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
