@@ -1,0 +1,167 @@
+"""Login, refresh rotation with reuse detection, logout."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from service.core.config import Settings
+from service.core.security import PasswordHasher
+from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, create_user, login
+
+
+async def test_login_returns_token_pair(client: httpx.AsyncClient) -> None:
+    response = await client.post("/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 900
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_username_is_case_insensitive(client: httpx.AsyncClient) -> None:
+    await login(client, "ADMIN", ADMIN_PASSWORD)
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(client: httpx.AsyncClient) -> None:
+    wrong_password = await client.post("/token", data={"username": "admin", "password": "x" * 12})
+    unknown_user = await client.post("/token", data={"username": "nobody", "password": "x" * 12})
+    invalid_name = await client.post("/token", data={"username": "a b", "password": "x" * 12})
+    for response in (wrong_password, unknown_user, invalid_name):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert wrong_password.json() == unknown_user.json() == invalid_name.json()
+
+
+async def test_unknown_user_still_verifies_a_hash(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """Timing: an unknown username must cost one Argon2 verification like a wrong password."""
+    hasher: PasswordHasher = app.state.services.users.hasher
+    calls: list[str | None] = []
+    original = hasher.verify
+
+    async def spy(password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        calls.append(stored_hash)
+        return await original(password, stored_hash)
+
+    hasher.verify = spy  # type: ignore[method-assign]
+    await client.post("/token", data={"username": "nobody", "password": "x" * 12})
+    assert calls == [None]
+
+
+async def test_disabled_user_cannot_log_in(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await create_user(client, admin_headers, "bob")
+    await client.patch("/users/bob", json={"disabled": True}, headers=admin_headers)
+    response = await client.post("/token", data={"username": "bob", "password": USER_PASSWORD})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Incorrect username or password"
+
+
+async def test_login_form_is_required(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/token")).status_code == 422
+    assert (await client.post("/token", json={"username": "a", "password": "b"})).status_code == 422
+
+
+async def test_refresh_rotates(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
+    first = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
+    )
+    assert first.status_code == 200
+    pair = first.json()
+    assert pair["refresh_token"] != user_tokens["refresh_token"]
+    assert (await client.get("/users/me", headers=bearer(pair["access_token"]))).status_code == 200
+    second = await client.post("/token/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert second.status_code == 200
+
+
+async def test_refresh_reuse_revokes_every_token(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any]
+) -> None:
+    old = user_tokens["refresh_token"]
+    rotated = (await client.post("/token/refresh", json={"refresh_token": old})).json()
+    reuse = await client.post("/token/refresh", json={"refresh_token": old})
+    assert reuse.status_code == 401
+    assert "reuse" in reuse.json()["detail"]
+    for token in (rotated["access_token"], user_tokens["access_token"]):
+        assert (await client.get("/users/me", headers=bearer(token))).status_code == 401
+    again = await client.post("/token/refresh", json={"refresh_token": rotated["refresh_token"]})
+    assert again.status_code == 401
+    await login(client, "alice", USER_PASSWORD)
+
+
+async def test_access_token_is_not_a_refresh_token(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any]
+) -> None:
+    response = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["access_token"]}
+    )
+    assert response.status_code == 401
+
+
+async def test_logout_revokes_access_and_refresh(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any], redis: Redis
+) -> None:
+    headers = bearer(user_tokens["access_token"])
+    response = await client.post(
+        "/logout", json={"refresh_token": user_tokens["refresh_token"]}, headers=headers
+    )
+    assert response.status_code == 204
+    me = await client.get("/users/me", headers=headers)
+    assert me.status_code == 401
+    assert me.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    refresh = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401
+    ttls = [await redis.pttl(key) async for key in redis.scan_iter("sma:revoked:*")]
+    assert len(ttls) == 2
+    assert all(0 < ttl <= 86400 * 1000 + 10_000 for ttl in ttls)
+
+
+async def test_logout_without_body(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
+    headers = bearer(user_tokens["access_token"])
+    assert (await client.post("/logout", headers=headers)).status_code == 204
+    assert (await client.post("/logout", headers=headers)).status_code == 401
+    refresh = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 200
+
+
+async def test_login_rehashes_when_parameters_change(
+    settings: Settings, redis: Redis, client: httpx.AsyncClient
+) -> None:
+    before = await redis.hget("sma:user:admin", "hash")
+    assert before is not None
+    assert "m=1024" in before
+    stronger = settings.model_copy(update={"argon2_memory_cost_kib": 2048})
+    from service.main import create_app
+
+    app = create_app(stronger)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as other:
+            await login(other, "admin", ADMIN_PASSWORD)
+    after = await redis.hget("sma:user:admin", "hash")
+    assert after is not None
+    assert "m=2048" in after
+    await login(client, "admin", ADMIN_PASSWORD)
+
+
+async def test_token_expiry_is_in_the_claims(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any]
+) -> None:
+    from jose import jwt
+
+    claims = jwt.get_unverified_claims(user_tokens["access_token"])
+    assert claims["exp"] - claims["iat"] == 900
+    assert claims["iat"] <= time.time() + 1
+    for name in ("sub", "scope", "iat", "nbf", "exp", "jti", "iss", "aud", "token_use", "ver"):
+        assert name in claims
+    assert jwt.get_unverified_header(user_tokens["access_token"])["kid"].startswith("hs-")

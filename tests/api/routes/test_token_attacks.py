@@ -1,0 +1,235 @@
+"""The token-attack suite: every way a bearer token can be wrong gets 401 (or 403 for scope)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jose import jwt
+from redis.asyncio import Redis
+
+from service.core.config import Settings
+from service.core.security import _hs_kid
+from tests.conftest import bearer, create_user, login
+
+PROTECTED = [("GET", "/users/me"), ("GET", "/model"), ("POST", "/predict")]
+BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
+
+
+def forge(
+    settings: Settings,
+    version: str,
+    *,
+    key: str | None = None,
+    algorithm: str = "HS256",
+    kid: str | None = None,
+    drop: tuple[str, ...] = (),
+    **overrides: Any,
+) -> str:
+    assert settings.jwt_secret is not None
+    secret = settings.jwt_secret.get_secret_value()
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": "alice",
+        "scope": "predict",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "token_use": "access",
+        "ver": version,
+    } | overrides
+    for name in drop:
+        claims.pop(name)
+    headers = {"kid": kid or _hs_kid(key or secret)}
+    return jwt.encode(claims, key or secret, algorithm=algorithm, headers=headers)
+
+
+@pytest.fixture
+async def version(user_tokens: dict[str, Any], redis: Redis) -> str:
+    value = await redis.hget("sma:user:alice", "token_version")
+    assert value is not None
+    return value
+
+
+async def assert_refused(client: httpx.AsyncClient, token: str) -> None:
+    for method, path in PROTECTED:
+        response = await client.request(method, path, headers=bearer(token), json=BODY)
+        assert response.status_code == 401, (path, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_forged_token_with_real_key_is_accepted(
+    client: httpx.AsyncClient, settings: Settings, version: str
+) -> None:
+    """Control: the forging helper is right, so each refusal below is for its one defect."""
+    token = forge(settings, version)
+    for method, path in PROTECTED:
+        response = await client.request(method, path, headers=bearer(token), json=BODY)
+        assert response.status_code == 200, (path, response.text)
+
+
+async def test_no_token(client: httpx.AsyncClient) -> None:
+    for method, path in PROTECTED:
+        response = await client.request(method, path, json=BODY)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer", "Bearer ", "Bearer garbage", "Basic YWRtaW46YWRtaW4=", "Bearer a.b.c", "bearer"],
+)
+async def test_garbage(client: httpx.AsyncClient, header: str) -> None:
+    response = await client.get("/users/me", headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+async def test_alg_none(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    valid = forge(settings, version)
+    header = {"alg": "none", "typ": "JWT", "kid": _hs_kid(settings.jwt_secret.get_secret_value())}  # type: ignore[union-attr]
+    payload = jwt.get_unverified_claims(valid)
+
+    def b64(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    for token in (f"{b64(header)}.{b64(payload)}.", f"{b64(header)}.{b64(payload)}"):
+        await assert_refused(client, token)
+
+
+async def test_wrong_key(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    await assert_refused(client, forge(settings, version, key="another-secret-" + "x" * 40))
+    real_kid = _hs_kid(settings.jwt_secret.get_secret_value())  # type: ignore[union-attr]
+    token = forge(settings, version, key="another-secret-" + "x" * 40, kid=real_kid)
+    await assert_refused(client, token)
+
+
+async def test_tampered_payload(
+    client: httpx.AsyncClient, settings: Settings, version: str
+) -> None:
+    header, payload, signature = forge(settings, version).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["scope"] = "predict admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    await assert_refused(client, f"{header}.{forged}.{signature}")
+
+
+async def test_expired(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    now = int(time.time())
+    token = forge(settings, version, iat=now - 3600, nbf=now - 3600, exp=now - 60)
+    await assert_refused(client, token)
+
+
+async def test_not_yet_valid(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    now = int(time.time())
+    await assert_refused(client, forge(settings, version, nbf=now + 600, exp=now + 1200))
+
+
+@pytest.mark.parametrize("claim", ["exp", "jti", "sub", "iat", "nbf", "iss", "aud", "ver"])
+async def test_missing_claim(
+    client: httpx.AsyncClient, settings: Settings, version: str, claim: str
+) -> None:
+    await assert_refused(client, forge(settings, version, drop=(claim,)))
+
+
+async def test_wrong_issuer(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    await assert_refused(client, forge(settings, version, iss="https://evil.example"))
+
+
+async def test_wrong_audience(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    await assert_refused(client, forge(settings, version, aud="another-service"))
+
+
+async def test_rs_hs_confusion(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+    """A token signed with an asymmetric algorithm is refused by the pinned HS256 list, and
+    a key's public half used as an HMAC secret gets nowhere either."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    real_kid = _hs_kid(settings.jwt_secret.get_secret_value())  # type: ignore[union-attr]
+    await assert_refused(client, forge(settings, version, key=pem, algorithm="ES256", kid=real_kid))
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # python-jose itself refuses to HMAC-sign with a PEM, so sign by hand, as an attacker would.
+    header, payload, _ = forge(settings, version, kid=real_kid).split(".")
+    mac = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    signature = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    await assert_refused(client, f"{header}.{payload}.{signature}")
+
+
+async def test_refresh_token_is_not_an_access_token(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any]
+) -> None:
+    await assert_refused(client, user_tokens["refresh_token"])
+
+
+async def test_revoked_after_logout(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
+    token = user_tokens["access_token"]
+    assert (await client.post("/logout", headers=bearer(token))).status_code == 204
+    await assert_refused(client, token)
+
+
+async def test_disabled_user(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    await client.patch("/users/alice", json={"disabled": True}, headers=admin_headers)
+    await assert_refused(client, user_tokens["access_token"])
+    await client.patch("/users/alice", json={"disabled": False}, headers=admin_headers)
+    me = await client.get("/users/me", headers=bearer(user_tokens["access_token"]))
+    assert me.status_code == 200
+
+
+async def test_deleted_user(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    assert (await client.delete("/users/alice", headers=admin_headers)).status_code == 204
+    await assert_refused(client, user_tokens["access_token"])
+    await create_user(client, admin_headers, "alice")
+    await assert_refused(client, user_tokens["access_token"])
+
+
+async def test_revoke_tokens(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    response = await client.post("/users/alice/revoke-tokens", headers=admin_headers)
+    assert response.status_code == 204
+    await assert_refused(client, user_tokens["access_token"])
+    refresh = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401
+    fresh = await login(client, "alice", "user-password-for-tests")
+    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
+
+
+async def test_missing_scope_is_403(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await create_user(client, admin_headers, "viewer", scopes=[])
+    tokens = await login(client, "viewer", "user-password-for-tests")
+    headers = bearer(tokens["access_token"])
+    response = await client.post("/predict", json=BODY, headers=headers)
+    assert response.status_code == 403
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    assert (await client.get("/users", headers=headers)).status_code == 403
+    assert (await client.get("/model", headers=headers)).status_code == 200
+
+
+async def test_oversized_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/users/me", headers=bearer("a" * 5000))
+    assert response.status_code == 401

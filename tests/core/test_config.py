@@ -1,0 +1,100 @@
+"""Settings: secrets from files, production refusals, rate syntax, proxies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.core.config import RateSpec, Settings
+
+GOOD_SECRET = "k" * 16 + "-random-enough-" + "q" * 16
+
+
+def build(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("60/minute", RateSpec(60, 60)),
+        ("5/second", RateSpec(5, 1)),
+        ("1000/hour", RateSpec(1000, 3600)),
+        ("10/day", RateSpec(10, 86400)),
+        (" 7 / Minutes ", RateSpec(7, 60)),
+    ],
+)
+def test_rate_syntax(text: str, expected: RateSpec) -> None:
+    assert RateSpec.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "60", "0/minute", "-1/minute", "60/fortnight", "x/minute"])
+def test_bad_rate_stops_start_up(text: str) -> None:
+    with pytest.raises(ValidationError, match="N/second"):
+        build(jwt_secret=GOOD_SECRET, rate_limit_predict=text)
+
+
+def test_secret_is_required() -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        build()
+
+
+@pytest.mark.parametrize("secret", ["short", "secret", "changeme" * 5])
+def test_production_refuses_weak_secrets(secret: str) -> None:
+    with pytest.raises(ValidationError, match="APP_ENV=production refuses"):
+        build(app_env="production", jwt_secret=secret)
+
+
+def test_production_refuses_the_fastapi_docs_example_key() -> None:
+    example = "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7"
+    with pytest.raises(ValidationError, match="well-known"):
+        build(app_env="production", jwt_secret=example)
+
+
+def test_development_tolerates_a_short_secret() -> None:
+    assert build(jwt_secret="short").app_env == "development"
+
+
+def test_secret_files(tmp_path: Path) -> None:
+    (tmp_path / "jwt").write_text(GOOD_SECRET + "\n")
+    (tmp_path / "admin").write_text("admin-password-long\n")
+    settings = build(
+        app_env="production",
+        jwt_secret_file=tmp_path / "jwt",
+        admin_password_file=tmp_path / "admin",
+    )
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == GOOD_SECRET
+    assert settings.admin_password is not None
+    assert settings.admin_password.get_secret_value() == "admin-password-long"
+    assert GOOD_SECRET not in repr(settings)
+
+
+def test_missing_secret_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="JWT_SECRET_FILE: cannot read"):
+        build(jwt_secret_file=tmp_path / "absent")
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"JWT_SECRET={GOOD_SECRET}\nRATE_LIMIT_PREDICT=5/minute\n")
+    monkeypatch.setenv("RATE_LIMIT_PREDICT", "7/minute")
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.predict_rate == RateSpec(7, 60)
+    assert os.environ["RATE_LIMIT_PREDICT"] == "7/minute"
+
+
+def test_trusted_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.1, 172.18.0.0/16")
+    monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.trusted_proxies == ("10.0.0.1", "172.18.0.0/16")
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+        build(jwt_secret=GOOD_SECRET, trusted_proxies="not-an-ip")
+
+
+def test_relative_model_dir_is_made_absolute() -> None:
+    assert build(jwt_secret=GOOD_SECRET, model_dir="var/model").model_dir.is_absolute()
