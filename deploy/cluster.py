@@ -1,0 +1,396 @@
+"""`make cluster` / `make cluster-down`: the Compose topology as local processes.
+
+One redis-server (AOF), N gunicorn instances and nginx in front, run by honcho from a
+generated Procfile in the background, so `up` returns once every instance is ready and
+`down` stops exactly what `up` started. gunicorn and nginx use the very configuration files
+of the image and Compose; only ports, addresses and paths are generated (under --dir).
+
+Every process runs under a small restart loop: honcho stops everything as soon as one of its
+processes exits, but an instance killed on purpose (or by a crash) must be replaced, as Compose
+and Kubernetes do, without taking the other instances down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from service.devserver import ensure_env_file
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+SECRET_NAMES = ("JWT_SECRET", "JWT_PREVIOUS_SECRETS", "ADMIN_PASSWORD", "REDIS_PASSWORD")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one cluster keeps its generated files, data, logs and pids."""
+
+    dir: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "honcho.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "cluster.log"
+
+    @property
+    def procfile(self) -> Path:
+        return self.dir / "Procfile"
+
+    @property
+    def pgid_dir(self) -> Path:
+        return self.dir / "pgid"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.dir / "redis"
+
+    @property
+    def redis_password(self) -> Path:
+        return self.dir / "secrets" / "redis_password"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.dir / "nginx"
+
+    def instance_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def gunicorn_pidfile(self, name: str) -> Path:
+        return self.instance_dir(name) / "gunicorn.pid"
+
+
+def _ports(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def _binary(name: str, install_hint: str) -> str:
+    # Debian keeps nginx in /usr/sbin, which a non-root PATH often lacks.
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        sys.exit(f"{name} not found: {install_hint}, or use `docker compose up`")
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _running_honcho(layout: Layout) -> int | None:
+    """The pid of this cluster's honcho if it still runs (a recycled pid does not count)."""
+    try:
+        pid = int(layout.pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) and "honcho" in _cmdline(pid) else None
+
+
+def _app_env(env_file: Path) -> dict[str, str]:
+    """The environment of the API processes: the process environment wins over `env_file`.
+
+    A secret and its *_FILE variant are one setting, so an entry of the file never joins a
+    variant the process environment already sets (the app refuses both at once).
+    """
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    for name in SECRET_NAMES:
+        if name in os.environ or f"{name}_FILE" in os.environ:
+            from_file.pop(name, None)
+            from_file.pop(f"{name}_FILE", None)
+    return {**from_file, **os.environ}
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _supervised(name: str, command: str, layout: Layout) -> str:
+    """A Procfile line running `command` under a restart loop that honcho can still stop.
+
+    The shell records its process group (every process of the line is in it, so `down` can
+    stop what survives honcho), restarts the command a second after it dies, and on SIGTERM
+    forwards it and waits for the command to finish its graceful shutdown.
+    """
+    pgid_file = shlex.quote(str(layout.pgid_dir / name))
+    return (
+        f"echo $$ > {pgid_file}; "
+        "trap 'kill -TERM $child 2>/dev/null; wait $child; exit 0' TERM INT; "
+        f"while :; do {command} & child=$!; wait $child; "
+        f'echo "{name} exited with status $?, restarting in 1s"; sleep 1; done'
+    )
+
+
+def _nginx_files(layout: Layout, port: int, api_ports: list[int]) -> None:
+    """The local twin of deploy/nginx/compose/: upstream servers, temp paths, listen socket."""
+    env_dir = layout.nginx_dir / "env"
+    env_dir.mkdir(parents=True, exist_ok=True)
+    tmp = layout.nginx_dir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in api_ports)
+    (env_dir / "http.conf").write_text(
+        "# Generated by deploy/cluster.py; the Compose twin is deploy/nginx/compose/http.conf.\n"
+        f"upstream api {{\n    zone api 64k;\n{servers}"
+        "    keepalive 32;\n    keepalive_timeout 60s;\n}\n\n"
+        + "".join(
+            f"{kind}_temp_path {tmp / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        ),
+        encoding="utf-8",
+    )
+    (env_dir / "listen.conf").write_text(
+        f"# Generated by deploy/cluster.py.\nlisten 127.0.0.1:{port};\n", encoding="utf-8"
+    )
+    # Linked, not copied: nginx resolves `include env/...` next to the path it is given.
+    link = layout.nginx_dir / "nginx.conf"
+    link.unlink(missing_ok=True)
+    link.symlink_to(NGINX_CONF)
+
+
+def _redis_conf(layout: Layout, port: int) -> None:
+    layout.redis_dir.mkdir(parents=True, exist_ok=True)
+    if not layout.redis_password.exists():
+        _write_private(layout.redis_password, secrets.token_urlsafe(32) + "\n")
+    password = layout.redis_password.read_text(encoding="utf-8").strip()
+    _write_private(
+        layout.redis_dir / "redis.conf",
+        "# Generated by deploy/cluster.py (mode 600: it holds the password).\n"
+        f"bind 127.0.0.1\nport {port}\ndir {layout.redis_dir}\n"
+        f"pidfile {layout.redis_dir / 'redis.pid'}\n"
+        'appendonly yes\nappendfsync everysec\nsave ""\nmaxmemory-policy noeviction\n'
+        f"requirepass {password}\n",
+    )
+
+
+def _procfile(layout: Layout, port: int, api_ports: list[int], redis_port: int | None) -> str:
+    lines = []
+    if redis_port is not None:
+        redis = _binary(
+            "redis-server", "`sudo apt-get install redis-server` or `brew install redis`"
+        )
+        conf = layout.redis_dir / "redis.conf"
+        lines.append(("redis", f"{shlex.quote(redis)} {shlex.quote(str(conf))}"))
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    for index, api_port in enumerate(api_ports, start=1):
+        name = f"api{index}"
+        metrics = layout.instance_dir(name) / "metrics"
+        metrics.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "BIND": f"127.0.0.1:{api_port}",
+            "INSTANCE_NAME": name,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        }
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in settings.items())
+        command = (
+            f"{assignments} {shlex.quote(str(gunicorn))} -c {shlex.quote(str(GUNICORN_CONF))} "
+            f"--pid {shlex.quote(str(layout.gunicorn_pidfile(name)))} "
+            f"--control-socket {shlex.quote(str(layout.instance_dir(name) / 'gunicorn.ctl'))} "
+            "'service.main:create_app()'"
+        )
+        lines.append((name, command))
+    nginx = _binary("nginx", "`sudo apt-get install nginx` or `brew install nginx`")
+    nginx_dir = layout.nginx_dir
+    globals_ = f"daemon off; pid {nginx_dir / 'nginx.pid'};"
+    lines.append(
+        (
+            "nginx",
+            f"{shlex.quote(nginx)} -e stderr -p {shlex.quote(str(nginx_dir))}/ "
+            f"-c {shlex.quote(str(nginx_dir / 'nginx.conf'))} -g {shlex.quote(globals_)}",
+        )
+    )
+    layout.pgid_dir.mkdir(parents=True, exist_ok=True)
+    return "".join(f"{name}: {_supervised(name, cmd, layout)}\n" for name, cmd in lines)
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http://127.0.0.1)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _wait_ready(port: int, api_ports: list[int], timeout: float, honcho: int) -> bool:
+    """Every instance answers /readyz itself, then nginx answers it for each of them in turn.
+
+    nginx round-robins, so N consecutive 200s through it went through every instance.
+    """
+    deadline = time.monotonic() + timeout
+    pending = [f"http://127.0.0.1:{p}/readyz" for p in api_ports]
+    while time.monotonic() < deadline and _pid_alive(honcho):
+        pending = [url for url in pending if _get(url) != 200]
+        lb = f"http://127.0.0.1:{port}/readyz"
+        if not pending and all(_get(lb) == 200 for _ in api_ports):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def up(args: argparse.Namespace) -> int:
+    layout = Layout(Path(args.dir).resolve())
+    api_ports = _ports(args.api_ports)
+    if (pid := _running_honcho(layout)) is not None:
+        print(f"cluster already running (honcho pid {pid}) on http://127.0.0.1:{args.port}")
+        return 0
+    external_redis = "REDIS_URL" in os.environ
+    wanted = [args.port, *api_ports] + ([] if external_redis else [args.redis_port])
+    busy = [p for p in wanted if _port_in_use(p)]
+    if busy or len(set(wanted)) != len(wanted):
+        sys.exit(
+            f"ports {busy or wanted} busy or repeated: choose others with --port, --api-ports "
+            "and --redis-port (or CLUSTER_PORT, CLUSTER_API_PORTS, CLUSTER_REDIS_PORT)"
+        )
+
+    env_file = Path(args.env_file).resolve()
+    if ensure_env_file(env_file):
+        print(f"wrote {env_file} (mode 600) with a random JWT secret and admin password")
+    env = _app_env(env_file)
+    env.setdefault("MODEL_DIR", str(ROOT / "var" / "model"))
+    env["PYTHONUNBUFFERED"] = "1"
+    if not external_redis:
+        _redis_conf(layout, args.redis_port)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
+        env.pop("REDIS_PASSWORD", None)
+        env["REDIS_PASSWORD_FILE"] = str(layout.redis_password)
+    _nginx_files(layout, args.port, api_ports)
+    layout.procfile.write_text(
+        _procfile(layout, args.port, api_ports, None if external_redis else args.redis_port),
+        encoding="utf-8",
+    )
+
+    with layout.log.open("ab") as log:
+        # Its own session: the cluster outlives this command and the terminal's Ctrl-C.
+        honcho = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "--no-colour", "-e", "/dev/null",
+             "-d", str(layout.dir), "-f", str(layout.procfile)],
+            cwd=layout.dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    layout.pidfile.write_text(f"{honcho.pid}\n", encoding="utf-8")
+
+    if not _wait_ready(args.port, api_ports, args.timeout, honcho.pid):
+        tail = layout.log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"cluster not ready within {args.timeout:.0f}s; stopping it", file=sys.stderr)
+        down(args)
+        return 1
+    redis_url = (
+        env["REDIS_URL"] if external_redis else f"{env['REDIS_URL']} (AOF in {layout.redis_dir})"
+    )
+    print(f"cluster ready: http://127.0.0.1:{args.port} (nginx, /metrics denied)")
+    for index, api_port in enumerate(api_ports, start=1):
+        print(f"  api{index}: http://127.0.0.1:{api_port} (metrics at /metrics)")
+    print(f"  redis: {redis_url}")
+    print(f"  admin: {env.get('ADMIN_USERNAME', '(none)')}, password: ADMIN_PASSWORD in {env_file}")
+    print(f"  logs: {layout.log}; stop with `make cluster-down`")
+    return 0
+
+
+def _stop_group(pgid: int, layout: Layout) -> None:
+    """SIGTERM, then SIGKILL, a process group one of our Procfile lines created.
+
+    A group outlives its leader only with its own members, and a live leader must still be
+    our shell (its command line names our directory): a recycled number is left alone.
+    """
+    if _pid_alive(pgid) and str(layout.dir) not in _cmdline(pgid):
+        return
+    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def down(args: argparse.Namespace) -> int:
+    layout = Layout(Path(args.dir).resolve())
+    honcho = _running_honcho(layout)
+    if honcho is None and not any(layout.pgid_dir.glob("*")):
+        print("cluster not running")
+        layout.pidfile.unlink(missing_ok=True)
+        return 0
+    if honcho is not None:
+        # honcho forwards SIGTERM to every process group and waits for them.
+        os.kill(honcho, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _pid_alive(honcho) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Whatever survived honcho (or a honcho that died first) is stopped group by group.
+    for pgid_file in sorted(layout.pgid_dir.glob("*")):
+        with contextlib.suppress(ValueError, OSError):
+            _stop_group(int(pgid_file.read_text()), layout)
+        pgid_file.unlink(missing_ok=True)
+    if honcho is not None and _pid_alive(honcho):
+        os.kill(honcho, signal.SIGKILL)
+    layout.pidfile.unlink(missing_ok=True)
+    print(f"cluster stopped (logs kept in {layout.log})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("command", choices=("up", "down"))
+    parser.add_argument("--dir", default=env("CLUSTER_DIR", str(ROOT / "var" / "cluster")))
+    parser.add_argument("--port", type=int, default=int(env("CLUSTER_PORT", "8000")))
+    parser.add_argument("--api-ports", default=env("CLUSTER_API_PORTS", "8001,8002,8003"))
+    parser.add_argument("--redis-port", type=int, default=int(env("CLUSTER_REDIS_PORT", "6390")))
+    parser.add_argument("--env-file", default=env("CLUSTER_ENV_FILE", str(ROOT / ".env")))
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for ready")
+    args = parser.parse_args(argv)
+    return up(args) if args.command == "up" else down(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The shared state really is shared: several instances behind nginx behave as one service.
+
+Real redis-server, gunicorn and nginx processes (see conftest.py); all traffic goes to
+127.0.0.1 and only processes of this cluster are signalled, by the pids they wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import PREDICT_LIMIT, Cluster
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
+
+
+async def login(http: httpx.AsyncClient, base: str, username: str, password: str) -> str:
+    response = await http.post(base + "/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def new_user(http: httpx.AsyncClient, cluster: Cluster) -> tuple[str, str]:
+    """A fresh predict user, created through the load balancer by the admin."""
+    admin = await login(http, cluster.url, cluster.admin_username, cluster.admin_password)
+    username, password = f"user{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    body = {"username": username, "password": password, "scopes": ["predict"]}
+    response = await http.post(cluster.url + "/users", json=body, headers=bearer(admin))
+    assert response.status_code == 201, response.text
+    return username, password
+
+
+async def statuses(http: httpx.AsyncClient, urls: list[str], token: str) -> list[int]:
+    responses = await asyncio.gather(*(http.get(u, headers=bearer(token)) for u in urls))
+    return [r.status_code for r in responses]
+
+
+async def settled_statuses(http: httpx.AsyncClient, urls: list[str], token: str) -> list[int]:
+    """Statuses as a client that honours 503 + Retry-After sees them.
+
+    The first use of a pooled Redis connection that a Redis restart closed answers 503 (the
+    app does not retry behind the client's back); asking again gets the real answer.
+    """
+    results = []
+    for url in urls:
+        for _ in range(10):
+            response = await http.get(url, headers=bearer(token))
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(0.2)
+        results.append(response.status_code)
+    return results
+
+
+async def test_token_from_one_instance_works_on_all(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    username, password = await new_user(http, cluster)
+    token = await login(http, cluster.instances[0], username, password)
+
+    urls = [base + "/users/me" for base in (*cluster.instances, cluster.url)]
+    assert await statuses(http, urls, token) == [200] * len(urls)
+
+
+async def test_logout_through_one_instance_is_refused_by_all(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    username, password = await new_user(http, cluster)
+    token = await login(http, cluster.instances[0], username, password)
+
+    response = await http.post(cluster.instances[1] + "/logout", headers=bearer(token))
+    assert response.status_code == 204
+
+    urls = [base + "/users/me" for base in (*cluster.instances, cluster.url)]
+    assert await statuses(http, urls, token) == [401] * len(urls)
+
+
+async def test_rate_limit_holds_exactly_across_instances(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    username, password = await new_user(http, cluster)
+    token = await login(http, cluster.url, username, password)
+    targets = itertools.cycle((*cluster.instances, cluster.url))
+
+    responses = await asyncio.gather(
+        *(
+            http.post(next(targets) + "/predict", json=SAMPLE, headers=bearer(token))
+            for _ in range(2 * PREDICT_LIMIT)
+        )
+    )
+
+    counts = Counter(r.status_code for r in responses)
+    assert counts == {200: PREDICT_LIMIT, 429: PREDICT_LIMIT}
+
+
+class Load:
+    """Concurrent clients through nginx until stopped, recording every outcome.
+
+    Reads and predictions both: nginx replays either on another instance when the one it
+    chose dies. A 429 is a correct answer (the predict limit is small), so it is not an error.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, cluster: Cluster, token: str) -> None:
+        self.http, self.url, self.headers = http, cluster.url, bearer(token)
+        self.outcomes: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, index: int) -> None:
+        while not self._stop.is_set():
+            try:
+                if index % 2:
+                    r = await self.http.post(
+                        self.url + "/predict", json=SAMPLE, headers=self.headers
+                    )
+                    ok = r.status_code in (200, 429)
+                else:
+                    r = await self.http.get(self.url + "/users/me", headers=self.headers)
+                    ok = r.status_code == 200
+                self.outcomes["ok" if ok else f"HTTP {r.status_code}: {r.text[:200]}"] += 1
+            except httpx.HTTPError as exc:
+                self.outcomes[f"{type(exc).__name__}: {exc}"] += 1
+
+    def start(self, clients: int = 8) -> None:
+        self._tasks = [asyncio.create_task(self._client(i)) for i in range(clients)]
+
+    async def stop(self) -> Counter[str]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.outcomes
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+async def _load_user_token(http: httpx.AsyncClient, cluster: Cluster) -> str:
+    username, password = await new_user(http, cluster)
+    return await login(http, cluster.url, username, password)
+
+
+async def test_sigkill_of_one_instance_under_load_gives_clients_no_errors(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    load = Load(http, cluster, await _load_user_token(http, cluster))
+    load.start()
+    await asyncio.sleep(1.5)
+
+    master = cluster.gunicorn_pid(1)
+    for pid in (master, *_children(master)):  # the whole instance, workers included
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(4)  # the instance is gone (and being restarted) meanwhile
+    outcomes = await load.stop()
+
+    assert set(outcomes) == {"ok"}, outcomes
+    assert outcomes["ok"] > 100
+    # The runner restarts the instance, as Compose and Kubernetes would.
+    await asyncio.to_thread(cluster.wait_ready, 1, not_pid=master)
+
+
+async def test_rolling_reload_under_load_loses_no_request(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    load = Load(http, cluster, await _load_user_token(http, cluster))
+    load.start()
+    await asyncio.sleep(1)
+
+    for index in range(len(cluster.instances)):
+        master = cluster.gunicorn_pid(index)
+        old_workers = set(_children(master))
+        os.kill(master, signal.SIGHUP)
+        # Reloaded once every old worker has left and new ones serve.
+        deadline = time.monotonic() + 60
+        while set(_children(master)) & old_workers or len(_children(master)) < 2:
+            assert time.monotonic() < deadline, f"instance {index + 1} did not reload"
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(cluster.wait_ready, index)
+    outcomes = await load.stop()
+
+    assert set(outcomes) == {"ok"}, outcomes
+    assert outcomes["ok"] > 100
+
+
+async def test_redis_restart_revives_no_revoked_token_and_loses_no_user(
+    http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    username, password = await new_user(http, cluster)
+    revoked = await login(http, cluster.url, username, password)
+    response = await http.post(cluster.url + "/logout", headers=bearer(revoked))
+    assert response.status_code == 204
+
+    redis_pid = cluster.redis_pid()
+    os.kill(redis_pid, signal.SIGTERM)  # a clean shutdown; the runner starts it again from AOF
+    await asyncio.to_thread(cluster.wait_redis_replaced, redis_pid)
+    for index in range(len(cluster.instances)):
+        await asyncio.to_thread(cluster.wait_ready, index)
+
+    # Every worker of every instance, not just one, has to see the restarted Redis.
+    urls = [base + "/users/me" for base in (*cluster.instances, cluster.url)] * 4
+    assert await settled_statuses(http, urls, revoked) == [401] * len(urls)
+    fresh = await login(http, cluster.url, username, password)
+    assert await settled_statuses(http, urls, fresh) == [200] * len(urls)
