@@ -1,0 +1,1 @@
+"""Model lifecycle kept apart from the web layer: training, verified loading, fast inference."""

@@ -1,0 +1,115 @@
+"""Train the Iris forest and write a verifiable artifact.
+
+Everything is seeded and single-threaded, so the same seed and library versions give the
+same pickle bytes, hence the same sha256 and model version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import train_test_split
+
+from service.ml.artifact import (
+    FEATURE_NAMES,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ModelManifest,
+    version_for,
+)
+
+TEST_SIZE = 0.25
+_JSON_SCALARS = (bool, int, float, str)
+
+
+def train(out_dir: Path, seed: int = 42) -> ModelManifest:
+    """Fit on a stratified 75 % split, score on the rest, and write model + manifest."""
+    dataset = load_iris()
+    X_train, X_test, y_train, y_test = train_test_split(
+        dataset.data,
+        dataset.target,
+        test_size=TEST_SIZE,
+        stratify=dataset.target,
+        random_state=seed,
+    )
+    estimator = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+    estimator.fit(X_train, y_train)
+    accuracy = float(np.mean(estimator.predict(X_test) == y_test))
+
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    payload = buffer.getvalue()
+    sha256 = hashlib.sha256(payload).hexdigest()
+    manifest = ModelManifest(
+        version=version_for(sha256),
+        sha256=sha256,
+        sklearn_version=sklearn.__version__,
+        numpy_version=np.__version__,
+        joblib_version=joblib.__version__,
+        python_version=platform.python_version(),
+        feature_names=list(FEATURE_NAMES),
+        class_names=[str(name) for name in dataset.target_names],
+        hyperparameters={
+            key: value
+            for key, value in estimator.get_params().items()
+            if value is None or isinstance(value, _JSON_SCALARS)
+        },
+        metrics={"accuracy": accuracy, "n_train": len(y_train), "n_test": len(y_test)},
+        trained_at=datetime.now(UTC),
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Model first: a reader racing us sees either the old pair or a digest mismatch, never
+    # a manifest vouching for bytes it has not seen.
+    _write_atomic(out_dir / MODEL_FILE, payload)
+    _write_atomic(out_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode() + b"\n")
+    return manifest
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes 0600 files; the service may run as another user (e.g. in the image).
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.ml.train", description="Train the Iris model artifact."
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory for the artifact")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    args = parser.parse_args(argv)
+    manifest = train(args.out, seed=args.seed)
+    print(
+        f"trained {manifest.version} accuracy={manifest.metrics['accuracy']:.4f} "
+        f"-> {args.out.resolve()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
