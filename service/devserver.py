@@ -106,11 +106,14 @@ def main() -> None:
         [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.main:create_app()"],
         env=env,
     )
-    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+
+    def stop(signum: int, _frame: object) -> None:
+        server.send_signal(signal.SIGTERM)
+
+    # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.send_signal(signal.SIGINT)
         server.wait()
     finally:
         if redis_proc is not None:

@@ -12,7 +12,6 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -215,7 +214,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"APP_ENV=production refuses this JWT secret: {problem}")
             logger.warning("weak JWT secret (%s): acceptable only in development", problem)
 
-    @cached_property
+    @property
     def previous_secrets(self) -> tuple[SecretStr, ...]:
         """Retired HS256 keys that still verify tokens until those expire."""
         if self.jwt_previous_secrets is None:
@@ -223,19 +222,19 @@ class Settings(BaseSettings):
         raw = self.jwt_previous_secrets.get_secret_value()
         return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
 
-    @cached_property
+    @property
     def predict_rate(self) -> RateSpec:
         return RateSpec.parse(self.rate_limit_predict)
 
-    @cached_property
+    @property
     def login_rate(self) -> RateSpec:
         return RateSpec.parse(self.rate_limit_login)
 
-    @cached_property
+    @property
     def login_ip_rate(self) -> RateSpec:
         return RateSpec.parse(self.rate_limit_login_ip)
 
-    @cached_property
+    @property
     def public_rate(self) -> RateSpec:
         return RateSpec.parse(self.rate_limit_public)
 
