@@ -1,0 +1,138 @@
+"""Compose smoke test: the image builds, the stack comes up on a fresh project, and a client
+logs in, predicts and logs out through the load balancer.
+
+A unique project name, a free host port and an unused subnet keep it apart from any stack a
+developer runs; `down -v` removes its containers, network and volumes (the image and the
+build cache stay, so the next run is fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network, ip_network
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import free_ports
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "secure-ml-api:local"
+SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
+
+
+def _engine_problem() -> str | None:
+    """Why the stack cannot run here, or None when an engine and Compose answer."""
+    if shutil.which("docker") is None:
+        return "no docker CLI on PATH (../shared/tools/docker-engine start installs one)"
+    for command in (["docker", "info"], ["docker", "compose", "version"]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"`{' '.join(command)}` failed: {detail}"
+    return None
+
+
+def _free_subnet() -> IPv4Network:
+    """A /24 in 172.28.0.0/16 that no Docker network on this engine uses yet."""
+    ids = subprocess.run(
+        ["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    inspected = subprocess.run(
+        ["docker", "network", "inspect", *ids], capture_output=True, text=True, check=True
+    ).stdout
+    used = [
+        ip_network(config["Subnet"])
+        for network in json.loads(inspected)
+        for config in (network.get("IPAM") or {}).get("Config") or []
+        if "Subnet" in config
+    ]
+    candidates = [IPv4Network(f"172.28.{n}.0/24") for n in range(16, 255)]
+    random.shuffle(candidates)
+    for subnet in candidates:
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise RuntimeError("no free /24 left in 172.28.0.0/16")
+
+
+@dataclass(frozen=True)
+class Stack:
+    project: str
+    url: str
+    env: dict[str, str]
+
+    def compose(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run(
+            ["docker", "compose", "-p", self.project, *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, f"compose {args}: {result.stdout}\n{result.stderr}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    if (problem := _engine_problem()) is not None:
+        pytest.skip(f"no Docker engine: {problem}")
+    subnet = _free_subnet()
+    (port,) = free_ports(1)
+    env = os.environ | {
+        "LB_BIND": "127.0.0.1",
+        "LB_PORT": str(port),
+        "EDGE_SUBNET": str(subnet),
+        "LB_IP": str(subnet.network_address + 10),
+    }
+    stack = Stack(f"smatest{secrets.token_hex(4)}", f"http://127.0.0.1:{port}", env)
+    try:
+        stack.compose("up", "--build", "--wait", "--wait-timeout", "300", timeout=900)
+        yield stack
+    except AssertionError:
+        print(stack.compose("logs", "--no-color", "--tail", "50"))
+        raise
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", timeout=180)
+
+
+@pytest.mark.timeout(1200)
+def test_login_predict_logout_through_the_load_balancer(stack: Stack) -> None:
+    password = stack.compose("exec", "-T", "api", "cat", "/run/secrets/admin_password").strip()
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        response = http.post("/token", data={"username": "admin", "password": password})
+        assert response.status_code == 200, response.text
+        headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+        response = http.post("/predict", json=SAMPLE, headers=headers)
+        assert response.status_code == 200, response.text
+        label = subprocess.run(
+            ["docker", "image", "inspect", IMAGE, "--format",
+             '{{ index .Config.Labels "io.secure-ml-api.model.version" }}'],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert response.json()["model_version"] == label
+
+        assert http.get("/metrics").status_code == 404
+        assert http.post("/logout", headers=headers).status_code == 204
+        # Round robin: six tries reach every replica twice; none accepts the token.
+        assert [http.get("/users/me", headers=headers).status_code for _ in range(6)] == [401] * 6
+
+    upstreams = {
+        json.loads(line.split("|", 1)[1])["upstream"]
+        for line in stack.compose("logs", "--no-color", "lb").splitlines()
+        if '"uri":"/users/me"' in line
+    }
+    assert len(upstreams) == 3, upstreams
