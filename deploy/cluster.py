@@ -290,7 +290,8 @@ def up(args: argparse.Namespace) -> int:
     if ensure_env_file(env_file):
         print(f"wrote {env_file} (mode 600) with a random JWT secret and admin password")
     env = _app_env(env_file)
-    env.setdefault("MODEL_DIR", str(ROOT / "var" / "model"))
+    # The instances run in the cluster directory: a relative MODEL_DIR means the repository's.
+    env["MODEL_DIR"] = str(ROOT / env.get("MODEL_DIR", "var/model"))
     env["PYTHONUNBUFFERED"] = "1"
     if not external_redis:
         _redis_conf(layout, args.redis_port)
@@ -380,14 +381,46 @@ def down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description="Run the Compose topology as local processes (make cluster / cluster-down).",
+        epilog="Every option also reads the environment variable named in its help. "
+        "Set REDIS_URL to use an existing Redis instead of starting one.",
+    )
     parser.add_argument("command", choices=("up", "down"))
-    parser.add_argument("--dir", default=env("CLUSTER_DIR", str(ROOT / "var" / "cluster")))
-    parser.add_argument("--port", type=int, default=int(env("CLUSTER_PORT", "8000")))
-    parser.add_argument("--api-ports", default=env("CLUSTER_API_PORTS", "8001,8002,8003"))
-    parser.add_argument("--redis-port", type=int, default=int(env("CLUSTER_REDIS_PORT", "6390")))
-    parser.add_argument("--env-file", default=env("CLUSTER_ENV_FILE", str(ROOT / ".env")))
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for ready")
+    add = parser.add_argument
+    add(
+        "--dir",
+        default=env("CLUSTER_DIR", str(ROOT / "var" / "cluster")),
+        help="generated files, Redis data, pids and logs (CLUSTER_DIR; default var/cluster)",
+    )
+    add(
+        "--port",
+        type=int,
+        default=int(env("CLUSTER_PORT", "8000")),
+        help="nginx port on 127.0.0.1 (CLUSTER_PORT; default 8000)",
+    )
+    add(
+        "--api-ports",
+        default=env("CLUSTER_API_PORTS", "8001,8002,8003"),
+        help="one port per API instance (CLUSTER_API_PORTS; default 8001,8002,8003)",
+    )
+    add(
+        "--redis-port",
+        type=int,
+        default=int(env("CLUSTER_REDIS_PORT", "6390")),
+        help="port of the cluster's own Redis (CLUSTER_REDIS_PORT; default 6390)",
+    )
+    add(
+        "--env-file",
+        default=env("CLUSTER_ENV_FILE", str(ROOT / ".env")),
+        help="secrets file shared with `make run`, created if absent (CLUSTER_ENV_FILE)",
+    )
+    add(
+        "--timeout",
+        type=float,
+        default=float(env("CLUSTER_TIMEOUT", "90")),
+        help="seconds `up` waits for readiness (CLUSTER_TIMEOUT; default 90)",
+    )
     args = parser.parse_args(argv)
     return up(args) if args.command == "up" else down(args)
 

@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster.py"
 INSTANCES = 3
+WORKERS = 2  # per instance
 PREDICT_LIMIT = 20
 # Variables the cluster decides itself, or that would point it at something else.
 _FOREIGN = ("REDIS_URL", "REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "BIND", "INSTANCE_NAME",
@@ -44,7 +45,7 @@ class Cluster:
     dir: Path
     url: str
     instances: tuple[str, ...]
-    redis_url: str
+    redis_port: int
     admin_username: str
     admin_password: str
 
@@ -57,11 +58,10 @@ class Cluster:
     def wait_redis_replaced(self, old_pid: int, timeout: float = 30) -> None:
         """Wait until a new redis-server runs in place of `old_pid` and accepts connections."""
         deadline = time.monotonic() + timeout
-        port = int(self.redis_url.rsplit(":", 1)[1])
         while time.monotonic() < deadline:
             try:
                 if self.redis_pid() != old_pid:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    socket.create_connection(("127.0.0.1", self.redis_port), timeout=1).close()
                     return
             except (OSError, ValueError):
                 pass
@@ -104,7 +104,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
         "ARGON2_TIME_COST": "1",
         "ARGON2_MEMORY_COST_KIB": "1024",
         "ARGON2_PARALLELISM": "1",
-        "WEB_CONCURRENCY": "2",
+        "WEB_CONCURRENCY": str(WORKERS),
         "GRACEFUL_TIMEOUT": "10",
         "LOG_FORMAT": "text",
     }
@@ -118,7 +118,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
             dir=run_dir,
             url=f"http://127.0.0.1:{port}",
             instances=tuple(f"http://127.0.0.1:{p}" for p in api_ports),
-            redis_url=f"redis://127.0.0.1:{redis_port}",
+            redis_port=redis_port,
             admin_username=secrets["ADMIN_USERNAME"] or "",
             admin_password=secrets["ADMIN_PASSWORD"] or "",
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import PREDICT_LIMIT, Cluster
+from tests.deploy.conftest import PREDICT_LIMIT, WORKERS, Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,7 @@ async def test_sigkill_of_one_instance_under_load_gives_clients_no_errors(
     outcomes = await load.stop()
 
     assert set(outcomes) == {"ok"}, outcomes
-    assert outcomes["ok"] > 100
+    assert outcomes["ok"] > 50  # the load really ran meanwhile
     # The runner restarts the instance, as Compose and Kubernetes would.
     await asyncio.to_thread(cluster.wait_ready, 1, not_pid=master)
 
@@ -188,14 +188,14 @@ async def test_rolling_reload_under_load_loses_no_request(
         os.kill(master, signal.SIGHUP)
         # Reloaded once every old worker has left and new ones serve.
         deadline = time.monotonic() + 60
-        while set(_children(master)) & old_workers or len(_children(master)) < 2:
+        while set(_children(master)) & old_workers or len(_children(master)) < WORKERS:
             assert time.monotonic() < deadline, f"instance {index + 1} did not reload"
             await asyncio.sleep(0.2)
         await asyncio.to_thread(cluster.wait_ready, index)
     outcomes = await load.stop()
 
     assert set(outcomes) == {"ok"}, outcomes
-    assert outcomes["ok"] > 100
+    assert outcomes["ok"] > 50  # the load really ran meanwhile
 
 
 async def test_redis_restart_revives_no_revoked_token_and_loses_no_user(
