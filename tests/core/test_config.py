@@ -82,7 +82,7 @@ def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.Monkey
     env_file = tmp_path / ".env"
     env_file.write_text(f"JWT_SECRET={GOOD_SECRET}\nRATE_LIMIT_PREDICT=5/minute\n")
     monkeypatch.setenv("RATE_LIMIT_PREDICT", "7/minute")
-    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    settings = Settings(_env_file=env_file)
     assert settings.predict_rate == RateSpec(7, 60)
     assert os.environ["RATE_LIMIT_PREDICT"] == "7/minute"
 
@@ -90,7 +90,7 @@ def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_trusted_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.1, 172.18.0.0/16")
     monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.trusted_proxies == ("10.0.0.1", "172.18.0.0/16")
     with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
         build(jwt_secret=GOOD_SECRET, trusted_proxies="not-an-ip")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
-from tests.serving.conftest import GunicornFactory, login_http
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory, login_http
 from tests.support.processes import RedisProcess
 
 

@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
-from tests.serving.conftest import GunicornFactory, login_http
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory, login_http
 from tests.support.processes import GunicornProcess, RedisProcess
 
 BODY = {"data": [5.1, 3.5, 1.4, 0.2]}

@@ -11,9 +11,17 @@ from redis.asyncio import Redis
 
 from service.core.config import Settings
 from service.core.security import PasswordHasher
-from tests.conftest import ADMIN_PASSWORD, USER_PASSWORD, bearer, create_user, login
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    BOTH_TRANSPORTS,
+    USER_PASSWORD,
+    bearer,
+    create_user,
+    login,
+)
 
 
+@BOTH_TRANSPORTS
 async def test_login_returns_token_pair(client: httpx.AsyncClient) -> None:
     response = await client.post("/token", data={"username": "admin", "password": ADMIN_PASSWORD})
     assert response.status_code == 200
@@ -28,6 +36,7 @@ async def test_username_is_case_insensitive(client: httpx.AsyncClient) -> None:
     await login(client, "ADMIN", ADMIN_PASSWORD)
 
 
+@BOTH_TRANSPORTS
 async def test_unknown_user_and_wrong_password_look_the_same(client: httpx.AsyncClient) -> None:
     wrong_password = await client.post("/token", data={"username": "admin", "password": "x" * 12})
     unknown_user = await client.post("/token", data={"username": "nobody", "password": "x" * 12})
@@ -53,6 +62,7 @@ async def test_unknown_user_still_verifies_a_hash(app: FastAPI, client: httpx.As
     assert calls == [None]
 
 
+@BOTH_TRANSPORTS
 async def test_disabled_user_cannot_log_in(
     client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
@@ -68,6 +78,7 @@ async def test_login_form_is_required(client: httpx.AsyncClient) -> None:
     assert (await client.post("/token", json={"username": "a", "password": "b"})).status_code == 422
 
 
+@BOTH_TRANSPORTS
 async def test_refresh_rotates(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
     first = await client.post(
         "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
@@ -80,6 +91,7 @@ async def test_refresh_rotates(client: httpx.AsyncClient, user_tokens: dict[str,
     assert second.status_code == 200
 
 
+@BOTH_TRANSPORTS
 async def test_refresh_reuse_revokes_every_token(
     client: httpx.AsyncClient, user_tokens: dict[str, Any]
 ) -> None:
@@ -104,6 +116,7 @@ async def test_access_token_is_not_a_refresh_token(
     assert response.status_code == 401
 
 
+@BOTH_TRANSPORTS
 async def test_logout_revokes_access_and_refresh(
     client: httpx.AsyncClient, user_tokens: dict[str, Any], redis: Redis
 ) -> None:
@@ -124,6 +137,7 @@ async def test_logout_revokes_access_and_refresh(
     assert all(0 < ttl <= 86400 * 1000 + 10_000 for ttl in ttls)
 
 
+@BOTH_TRANSPORTS
 async def test_logout_without_body(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
     headers = bearer(user_tokens["access_token"])
     assert (await client.post("/logout", headers=headers)).status_code == 204

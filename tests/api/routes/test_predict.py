@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -159,7 +160,7 @@ async def test_body_over_limit_is_413_before_parsing(
 async def test_chunked_body_over_limit_is_413(
     client: httpx.AsyncClient, user_headers: dict[str, str]
 ) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b'{"instances": ['
         for _ in range(10000):
             yield b"[1,2,3,4],"

@@ -19,7 +19,9 @@ from redis.asyncio import Redis
 
 from service.core.config import Settings
 from service.core.security import _hs_kid
-from tests.conftest import bearer, create_user, login
+from tests.conftest import BOTH_TRANSPORTS, bearer, create_user, login
+
+pytestmark = BOTH_TRANSPORTS
 
 PROTECTED = [("GET", "/users/me"), ("GET", "/model"), ("POST", "/predict")]
 BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
@@ -59,7 +61,7 @@ def forge(
 @pytest.fixture
 async def version(user_tokens: dict[str, Any], redis: Redis) -> str:
     value = await redis.hget("sma:user:alice", "token_version")
-    assert value is not None
+    assert isinstance(value, str)
     return value
 
 
@@ -89,7 +91,7 @@ async def test_no_token(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer", "Bearer ", "Bearer garbage", "Basic YWRtaW46YWRtaW4=", "Bearer a.b.c", "bearer"],
+    ["Bearer", "Bearer  x", "Bearer garbage", "Basic YWRtaW46YWRtaW4=", "Bearer a.b.c", "bearer"],
 )
 async def test_garbage(client: httpx.AsyncClient, header: str) -> None:
     response = await client.get("/users/me", headers={"Authorization": header})
