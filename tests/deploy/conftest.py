@@ -89,9 +89,9 @@ def _cluster_cli(command: str, args: list[str], env: dict[str, str]) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Cluster]:
-    """One cluster for the session's multi-instance tests; `down` runs whatever happens."""
+    """One cluster per test module (stopped right after it); `down` runs whatever happens."""
     run_dir = tmp_path_factory.mktemp("cluster")
     port, redis_port, *api_ports = free_ports(2 + INSTANCES)
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
