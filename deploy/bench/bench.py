@@ -191,9 +191,18 @@ def wait_http(url: str, timeout: float, alive: Callable[[], bool]) -> None:
     raise ToolError(f"{url} not ready within {timeout:.0f}s")
 
 
-def server_env(model_dir: Path, workers: int) -> dict[str, str]:
-    """Production settings with throwaway secrets; nothing from the developer's .env."""
-    return {
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """Production settings with throwaway secrets; nothing from the developer's .env.
+
+    `--app`, `--pythonpath` and `--env` exist for A/B runs of a candidate change (e.g. a
+    module that patches a dependency before building the app) without editing the tree;
+    `--app` and `--pythonpath` apply to the direct server only, `--env` to both.
+    """
+    extra = dict(item.split("=", 1) for item in args.env)
+    python_path = os.pathsep.join([*args.pythonpath, str(ROOT)])
+    return extra | {
+        "BENCH_APP": args.app,
+        "PYTHONPATH": python_path,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
@@ -201,8 +210,8 @@ def server_env(model_dir: Path, workers: int) -> dict[str, str]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "ADMIN_USERNAME": ADMIN_USER,
         "ADMIN_PASSWORD": secrets.token_urlsafe(24),
-        "MODEL_DIR": str(model_dir),
-        "WEB_CONCURRENCY": str(workers),
+        "MODEL_DIR": str(args.model_dir.resolve()),
+        "WEB_CONCURRENCY": str(args.workers),
         "LOG_FORMAT": "json",
         "ACCESS_TOKEN_TTL_SECONDS": "3600",
         "PYTHONUNBUFFERED": "1",
@@ -248,8 +257,7 @@ def direct_deployment(work: Path, env: dict[str, str]) -> Iterator[Deployment]:
         log = (work / "gunicorn.log").open("ab")
         # cwd is the work dir, so the repository's .env is not read.
         api = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
-             "service.main:create_app()"],
+            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), env["BENCH_APP"]],
             cwd=work, env=app_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{api_port}"
@@ -497,21 +505,18 @@ OTHER = "other (stdlib, interpreter, gc)"
 
 # Functions whose inclusive share (they and everything they call) is reported.
 INCLUSIVE = [
-    ("TokenService.decode (JWT)", re.compile(r"^decode \(.*security\.py")),
-    ("run_gate (Redis round trip incl. client)", re.compile(r"^run_gate ")),
-    ("PolicyLimiter.__call__ (whole limiter)", re.compile(r"^__call__ \(.*ratelimit\.py")),
-    ("predict_user dependency", re.compile(r"^predict_user ")),
-    ("solve_dependencies (FastAPI DI)", re.compile(r"^solve_dependencies ")),
-    (
-        "request body validation",
-        re.compile(r"^(request_body_to_args|_validate_value_with_model_field) "),
-    ),
-    ("predict endpoint body", re.compile(r"^predict \(.*routes/predict\.py")),
-    ("_predictions (forest + dicts)", re.compile(r"^_predictions ")),
-    ("Predictor.predict_proba", re.compile(r"^predict_proba ")),
-    ("_json (orjson response)", re.compile(r"^_json ")),
-    ("BodySizeLimitMiddleware", re.compile(r"^__call__ \(.*middleware\.py")),
-    ("httptools on_* / data_received", re.compile(r"^(data_received|on_\w+) \(.*httptools")),
+    ("TokenService.decode (JWT)", r"TokenService\.decode \("),
+    ("run_gate (Redis round trip incl. client)", r"run_gate \("),
+    ("PolicyLimiter.__call__ (whole limiter)", r"PolicyLimiter\.__call__ \("),
+    ("predict_user dependency", r"predict_user \("),
+    ("solve_dependencies (FastAPI DI)", r"solve_dependencies \("),
+    ("sync dependencies in the thread pool", r"run_in_threadpool \(|WorkerThread\.run \("),
+    ("request body validation", r"(request_body_to_args|_validate_value_with_model_field) \("),
+    ("predict endpoint body", r"predict \(service/api/routes/predict\.py"),
+    ("_predictions (forest + dicts)", r"_predictions \("),
+    ("Predictor.predict_proba", r"Predictor\.predict_proba \("),
+    ("_json (orjson response)", r"_json \("),
+    ("uvicorn RequestResponseCycle.send", r"RequestResponseCycle\.send \("),
 ]
 
 
@@ -541,7 +546,7 @@ def analyse_folded(path: Path) -> dict[str, Any]:
         seen = set()
         for frame in frames:
             for label, pattern in INCLUSIVE:
-                if label not in seen and pattern.search(frame):
+                if label not in seen and re.match(r"(?:[\w<>.]+\.)?" + pattern, frame):
                     seen.add(label)
                     inclusive[label] += count
         self_time[frames[-1]] += count
@@ -866,6 +871,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--model-dir", type=Path, default=ROOT / "var" / "model")
+    parser.add_argument("--app", default="service.main:create_app()", help="gunicorn app")
+    parser.add_argument("--pythonpath", action="append", default=[], help="A/B runs only")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.no_cluster = 1, True
@@ -896,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        env = server_env(args.model_dir.resolve(), args.workers)
+        env = server_env(args)
         print(f"direct: redis-server + gunicorn ({args.workers} workers) on free ports")
         with direct_deployment(work / "direct", env) as deployment:
             results += run_target("direct", deployment, args, work)
