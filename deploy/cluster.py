@@ -114,6 +114,9 @@ def _pid_alive(pid: int) -> bool:
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:  # no /proc (macOS), or no such process
+        ps = ["ps", "-o", "command=", "-p", str(pid)]
+        return subprocess.run(ps, capture_output=True, text=True, check=False).stdout
     except OSError:
         return ""
 
@@ -255,14 +258,16 @@ def _get(url: str) -> int:
         return 0
 
 
-def _wait_ready(port: int, api_ports: list[int], timeout: float, honcho: int) -> bool:
+def _wait_ready(
+    port: int, api_ports: list[int], timeout: float, honcho: subprocess.Popen[bytes]
+) -> bool:
     """Every instance answers /readyz itself, then nginx answers it for each of them in turn.
 
     nginx round-robins, so N consecutive 200s through it went through every instance.
     """
     deadline = time.monotonic() + timeout
     pending = [f"http://127.0.0.1:{p}/readyz" for p in api_ports]
-    while time.monotonic() < deadline and _pid_alive(honcho):
+    while time.monotonic() < deadline and honcho.poll() is None:
         pending = [url for url in pending if _get(url) != 200]
         lb = f"http://127.0.0.1:{port}/readyz"
         if not pending and all(_get(lb) == 200 for _ in api_ports):
@@ -283,9 +288,11 @@ def up(args: argparse.Namespace) -> int:
     if busy or len(set(wanted)) != len(wanted):
         sys.exit(
             f"ports {busy or wanted} busy or repeated: choose others with --port, --api-ports "
-            "and --redis-port (or CLUSTER_PORT, CLUSTER_API_PORTS, CLUSTER_REDIS_PORT)"
+            "and --redis-port (or CLUSTER_PORT, CLUSTER_API_PORTS, CLUSTER_REDIS_PORT), "
+            "or stop a previous cluster with `make cluster-down`"
         )
 
+    layout.dir.mkdir(parents=True, exist_ok=True)
     env_file = Path(args.env_file).resolve()
     if ensure_env_file(env_file):
         print(f"wrote {env_file} (mode 600) with a random JWT secret and admin password")
@@ -298,6 +305,13 @@ def up(args: argparse.Namespace) -> int:
         env["REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
         env.pop("REDIS_PASSWORD", None)
         env["REDIS_PASSWORD_FILE"] = str(layout.redis_password)
+    # A bad setting stops here, with the app's own message, rather than in a restart loop.
+    check = (
+        "import sys, pydantic\nfrom service.core.config import Settings\n"
+        "try: Settings()\nexcept pydantic.ValidationError as exc: sys.exit(str(exc))"
+    )
+    if subprocess.run([sys.executable, "-c", check], cwd=layout.dir, env=env).returncode:
+        sys.exit("the API settings are invalid (see above); nothing was started")
     _nginx_files(layout, args.port, api_ports)
     layout.procfile.write_text(
         _procfile(layout, args.port, api_ports, None if external_redis else args.redis_port),
@@ -314,7 +328,7 @@ def up(args: argparse.Namespace) -> int:
         )  # fmt: skip
     layout.pidfile.write_text(f"{honcho.pid}\n", encoding="utf-8")
 
-    if not _wait_ready(args.port, api_ports, args.timeout, honcho.pid):
+    if not _wait_ready(args.port, api_ports, args.timeout, honcho):
         tail = layout.log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
         print("\n".join(tail), file=sys.stderr)
         print(f"cluster not ready within {args.timeout:.0f}s; stopping it", file=sys.stderr)
@@ -327,7 +341,9 @@ def up(args: argparse.Namespace) -> int:
     for index, api_port in enumerate(api_ports, start=1):
         print(f"  api{index}: http://127.0.0.1:{api_port} (metrics at /metrics)")
     print(f"  redis: {redis_url}")
-    print(f"  admin: {env.get('ADMIN_USERNAME', '(none)')}, password: ADMIN_PASSWORD in {env_file}")
+    own = {"ADMIN_PASSWORD", "ADMIN_PASSWORD_FILE"} & os.environ.keys()
+    where = f"{own.pop()} in your environment" if own else f"ADMIN_PASSWORD in {env_file}"
+    print(f"  admin: {env.get('ADMIN_USERNAME', '(none)')}, password: {where}")
     print(f"  logs: {layout.log}; stop with `make cluster-down`")
     return 0
 
