@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.core.config import Settings
 
@@ -74,7 +75,9 @@ def create_redis(settings: Settings) -> Redis:
         max_connections=settings.redis_max_connections,
         health_check_interval=30,
         retry_on_timeout=False,
-        retry=Retry(NoBackoff(), 0),
+        # One immediate retry on a broken connection (e.g. pooled sockets that a Redis restart
+        # closed) and none on timeouts, so a stalled Redis still fails within the timeout.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         client_name=f"secure-ml-api:{settings.instance_name}",
         # A password in the URL wins; REDIS_PASSWORD[_FILE] fills in when the URL has none.
         password=password,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import pytest
@@ -122,12 +121,11 @@ def test_redis_outage_answers_503_fast_and_recovers(
         assert "redis" in ready.json()["detail"]
     finally:
         module_redis.start()
-    deadline = time.monotonic() + 10
-    codes: list[Any] = []
-    while time.monotonic() < deadline:
-        codes.append(httpx.post(f"{server.url}/predict", json=BODY, headers=headers).status_code)
-        if codes[-1] == 200:
-            break
-        time.sleep(0.2)
-    assert codes[-1] == 200, codes
+    # Pooled connections that the restart closed are retried once on a fresh connection, so
+    # the very first requests after the restart already succeed, on both workers.
+    codes = [
+        httpx.post(f"{server.url}/predict", json=BODY, headers=headers).status_code
+        for _ in range(6)
+    ]
+    assert codes == [200] * 6
     assert httpx.get(f"{server.url}/readyz").status_code == 200
