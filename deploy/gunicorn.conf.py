@@ -2,17 +2,44 @@
 
 Everything comes from the same Settings as the app, so a bad variable stops the master
 before it forks. Start with: gunicorn -c deploy/gunicorn.conf.py 'service.main:create_app()'
+
+Logs: `logconfig_dict` gives gunicorn's, uvicorn's and the app's loggers one stderr handler
+with the service's formatter (JSON unless LOG_FORMAT=text); see service/core/logs.py.
+
+Metrics: the workers share prometheus_client's multiprocess directory, which must hold only
+this run's files. PROMETHEUS_MULTIPROC_DIR names it (the image, Compose, Kubernetes and
+`make cluster` set it); when it is unset (`make run`, tests), this file creates a private
+temporary directory and sets the variable before any worker forks, and the master removes
+that directory when it exits. The master empties the directory at start and deletes a dead
+worker's live gauges (in-flight requests, model info) so they stop counting.
 """
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
 from service.core.config import Settings
+from service.core.logs import logging_config
 
 _settings = Settings()
+
+_private_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _private_metrics_dir = tempfile.mkdtemp(prefix="secure-ml-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_metrics_dir
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+# prometheus_client chooses multiprocess mode when first imported: only now that it is set.
+from prometheus_client import multiprocess  # noqa: E402
 
 bind = [_settings.bind]
 workers = _settings.web_concurrency
 worker_class = "service.worker.Worker"
 # Workers build their Redis client and load the model in the app lifespan, after the fork.
 preload_app = False
+# SIGTERM: stop accepting, let in-flight requests finish for up to this long, then kill.
 graceful_timeout = _settings.graceful_timeout
 timeout = 30
 keepalive = 75
@@ -25,4 +52,22 @@ proxy_allow_ips = forwarded_allow_ips
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
+logconfig_dict = logging_config(_settings)
 proc_name = f"secure-ml-api:{_settings.instance_name}"
+
+
+def on_starting(server: Any) -> None:
+    """Start from an empty metrics directory: a previous run's files would add to ours."""
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in _metrics_dir.glob("*.db"):
+        stale.unlink()
+    server.log.info("metrics directory %s", _metrics_dir)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    if _private_metrics_dir is not None:
+        shutil.rmtree(_private_metrics_dir, ignore_errors=True)

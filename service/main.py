@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.routes import auth, meta, predict, users
+from service.core import metrics
 from service.core.config import Settings
 from service.core.errors import install_error_handlers
-from service.core.middleware import BodySizeLimitMiddleware
+from service.core.logs import configure_logging
+from service.core.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from service.core.redis import Scripts, create_redis
 from service.core.security import PasswordHasher, TokenService
 from service.core.users import UserStore, normalize_username
@@ -67,14 +69,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # collections stop rescanning them (they caused the p99 tail).
         gc.collect()
         gc.freeze()
-        logger.info("ready: model %s", predictor.manifest.version)
+        version = predictor.manifest.version
+        metrics.MODEL_INFO.labels(version).set(1)
+        logger.info("ready: model %s", version, extra={"fields": {"model_version": version}})
         yield
     finally:
         await services.aclose()
+        logger.info("stopped")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings)
     app = FastAPI(
         title="secure-ml-api",
         version="0.1.0",
@@ -84,7 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (meta, auth, users, predict):
+    for module in (meta, auth, users, predict, metrics):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it sees (and labels, logs and heads) every answer.
+    docs = (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
+    app.add_middleware(ObservabilityMiddleware, csp_exempt_paths=[p for p in docs if p])
     return app

@@ -1,4 +1,5 @@
-"""HTTP errors and the handlers that keep every failure a clean JSON answer.
+"""HTTP errors and the handlers that keep every failure a clean JSON answer (an unhandled
+exception is answered by the middleware: see `ObservabilityMiddleware`).
 
 No handler echoes the rejected input: FastAPI's default 422 does, and a NaN or Infinity in
 it would make the error response itself fail with a 500.
@@ -12,6 +13,8 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+
+from service.core.metrics import count_redis_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("redis unavailable: %s", type(exc).__name__)
+    count_redis_error(exc)
     return JSONResponse(
         {"detail": "Service temporarily unavailable: storage unreachable"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -3,7 +3,18 @@ task per request)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable
+
+import orjson
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core import metrics
+from service.core.logs import request_id_var
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -76,3 +87,142 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
+
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+# JSON answers need nothing from a browser. Swagger UI and ReDoc load scripts and styles
+# from a CDN, so their pages go without it.
+CONTENT_SECURITY_POLICY = (
+    b"content-security-policy",
+    b"default-src 'none'; frame-ancestors 'none'",
+)
+
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is short and plain, else a new random one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _REQUEST_ID_RE.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return os.urandom(16).hex()
+
+
+class ObservabilityMiddleware:
+    """Everything per request in one pass: request id, security headers, metrics, the
+    access log line, and a JSON 500 for an unhandled exception.
+
+    Installed outermost, so it also sees the answers of the other middleware (413, 400).
+    Metric children are cached by label values: `labels()` takes a lock and builds a key on
+    every call, which this hot path does not need to pay.
+    """
+
+    def __init__(self, app: ASGIApp, *, csp_exempt_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        self.csp_exempt = frozenset(csp_exempt_paths)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = _request_id(scope["headers"])
+        context = request_id_var.set(request_id)
+        state = scope.setdefault("state", {})
+        extra_headers = [*SECURITY_HEADERS, (b"x-request-id", request_id.encode("ascii"))]
+        if scope["path"] not in self.csp_exempt:
+            extra_headers.append(CONTENT_SECURITY_POLICY)
+        status = 500
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+                message["headers"] = [*message.get("headers", ()), *extra_headers]
+            await send(message)
+
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
+            # Once the response has started, returning without finishing it makes the server
+            # close the connection: the client sees a broken response, not a false success.
+            if not started:
+                await _send_internal_error(send_with_headers, request_id)
+        finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+            self._finish(scope, state, status, time.perf_counter() - start)
+            request_id_var.reset(context)
+
+    def _finish(self, scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+        route = _route(scope)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (metrics.HTTP_REQUESTS.labels(*labels), metrics.HTTP_LATENCY.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        reason = state.get("auth_failure")
+        if reason is not None:
+            metrics.AUTH_FAILURES.labels(str(reason)).inc()
+        if access_logger.isEnabledFor(logging.INFO):
+            # makeRecord + handle: what `info()` does, minus finding the caller's source line.
+            client = scope.get("client")
+            fields = {
+                "request_id": request_id_var.get(),
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "user": state.get("user"),
+                "client_ip": client[0] if client else None,
+            }
+            access_logger.handle(
+                access_logger.makeRecord(
+                    access_logger.name,
+                    logging.INFO,
+                    __file__,
+                    0,
+                    "%s %s %d",
+                    (method, route, status),
+                    None,
+                    extra={"fields": fields},
+                )
+            )
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = orjson.dumps({"detail": "Internal server error", "request_id": request_id})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from service.core.config import RateSpec
 from service.core.errors import invalid_token
+from service.core.metrics import RATE_LIMITED, count_redis_error
 from service.core.redis import Scripts, rate_key, revoked_key, user_key
 from service.core.security import TokenClaims
 
@@ -137,9 +138,10 @@ class GateBucket(AbstractBucket):
                 rate=factory.rate,
                 user_override=factory.user_override,
             )
-        except RedisError:
+        except RedisError as exc:
             if not (factory.fail_open and call.claims is None):
                 raise
+            count_redis_error(exc)
             logger.warning("rate limiter failing open for policy %s: Redis error", call.policy)
             call.failed_open = True
             return True
@@ -206,6 +208,7 @@ async def _reject(request: Request, response: Response) -> None:
     if decision is None:  # only a failed-open call has no decision, and it was admitted
         return
     if decision.status is GateStatus.RATE_LIMITED:
+        RATE_LIMITED.labels(call.policy).inc()
         raise RateLimited(ratelimit_headers(call.header_name, decision))
     request.state.auth_failure = "revoked" if decision.status is GateStatus.REVOKED else "user"
     raise invalid_token("token revoked" if decision.status is GateStatus.REVOKED else None)

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from service.api.deps import ServicesDep, limit_public
 from service.api.schemas import HealthOut, MessageOut, ReadyOut
+from service.core.metrics import count_redis_error
 
 router = APIRouter(tags=["meta"])
 
@@ -37,7 +38,8 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         timeout = services.settings.redis_socket_timeout
         await asyncio.wait_for(services.redis.ping(), timeout=timeout)
         checks["redis"] = "ok"
-    except (RedisError, OSError, TimeoutError):
+    except (RedisError, OSError, TimeoutError) as exc:
+        count_redis_error(exc)
         checks["redis"] = "unreachable"
     failed = sorted(name for name, state in checks.items() if state != "ok")
     if failed:

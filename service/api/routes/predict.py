@@ -6,6 +6,7 @@ Responses are serialised once with orjson and returned as bytes: the declared
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from service.core.metrics import record_inference
 from service.ml.inference import Predictor
 
 router = APIRouter(tags=["model"])
@@ -50,9 +52,13 @@ def _predictions(predictor: Predictor, rows: list[list[float]]) -> list[dict[str
 async def _infer(services: ServicesDep, rows: list[list[float]]) -> list[dict[str, object]]:
     """Small inputs run inline (tens of microseconds, less than a thread hand-off costs);
     larger batches go to the thread pool so the event loop never waits on them."""
+    start = time.perf_counter()
     if len(rows) <= services.settings.inline_inference_rows:
-        return _predictions(services.predictor, rows)
-    return await run_in_threadpool(_predictions, services.predictor, rows)
+        results = _predictions(services.predictor, rows)
+    else:
+        results = await run_in_threadpool(_predictions, services.predictor, rows)
+    record_inference((str(r["label"]) for r in results), len(rows), time.perf_counter() - start)
+    return results
 
 
 def _json(payload: dict[str, object], sub_response: Response | None = None) -> Response:

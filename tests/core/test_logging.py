@@ -1,0 +1,137 @@
+"""Structured logs: formatters, request ids, the access line, and no secret in any line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+
+import httpx
+import pytest
+
+from service.core.config import Settings
+from service.core.logs import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    logging_config,
+    redact,
+    request_id_var,
+)
+from tests.support.auth_traffic import exercise_auth, find_leaks
+
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _record(message: str = "hello %s", *args: object, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("service.test", logging.WARNING, __file__, 1, message, args, None)
+    if fields:
+        record.fields = fields
+    return record
+
+
+def test_json_lines_carry_the_request_id_fields_and_trace() -> None:
+    record = _record("hello %s", "world", user="alice")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    token = request_id_var.set("req-1")
+    try:
+        line = JsonFormatter("api-7").format(record)
+    finally:
+        request_id_var.reset(token)
+    assert "\n" not in line
+    payload = json.loads(line)
+    assert payload["message"] == "hello world"
+    assert payload["level"] == "warning"
+    assert payload["logger"] == "service.test"
+    assert payload["instance"] == "api-7"
+    assert payload["request_id"] == "req-1"
+    assert payload["user"] == "alice"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", payload["time"])
+    assert "ValueError: boom" in payload["traceback"]
+
+
+def test_text_lines_are_readable() -> None:
+    line = TextFormatter().format(_record("GET /healthz 200", status=200, user=None))
+    assert re.fullmatch(r"\S+Z WARNING service.test GET /healthz 200 status=200", line)
+
+
+def test_bearer_credentials_and_jwts_are_masked() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    line = redact(f"Authorization: Bearer abc.def token={jwt} ok")
+    assert line == "Authorization: [redacted] token=[redacted] ok"
+    assert redact("nothing to hide") == "nothing to hide"
+
+
+def test_configuration_honours_log_format_and_leaves_existing_handlers(
+    settings: Settings,
+) -> None:
+    config = logging_config(settings.model_copy(update={"log_format": "json"}))
+    assert config["formatters"]["main"]["()"].endswith("JsonFormatter")
+    config = logging_config(settings.model_copy(update={"log_format": "text"}))
+    assert config["formatters"]["main"]["()"].endswith("TextFormatter")
+    assert config["loggers"]["uvicorn.access"]["level"] == "WARNING"
+    handlers = list(logging.root.handlers)
+    assert handlers  # pytest's capture handlers
+    configure_logging(settings)
+    assert logging.root.handlers == handlers
+
+
+async def test_request_id_is_echoed_when_sane_and_generated_otherwise(
+    client: httpx.AsyncClient,
+) -> None:
+    sane = "trace-4f2a.B_9"
+    echoed = await client.get("/healthz", headers={"X-Request-ID": sane})
+    assert echoed.headers["x-request-id"] == sane
+    for bad in ("a" * 129, "has space", "semi;colon", 'quote"', "é"):
+        response = await client.get("/healthz", headers=[(b"X-Request-ID", bad.encode())])
+        assert REQUEST_ID.fullmatch(response.headers["x-request-id"]), bad
+    first = (await client.get("/healthz")).headers["x-request-id"]
+    second = (await client.get("/no-such-route")).headers["x-request-id"]
+    assert REQUEST_ID.fullmatch(first)
+    assert first != second
+
+
+async def test_one_access_line_per_request(
+    client: httpx.AsyncClient, user_headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await client.post(
+        "/predict", json={"data": [5.1, 3.5, 1.4, 0.2]}, headers=user_headers
+    )
+    assert response.status_code == 200
+    lines = [r for r in caplog.records if r.name == "service.access"]
+    assert len(lines) == 1
+    payload = json.loads(JsonFormatter("here").format(lines[0]))
+    assert payload["request_id"] == response.headers["x-request-id"]
+    assert {k: payload[k] for k in ("method", "route", "status", "user", "client_ip")} == {
+        "method": "POST",
+        "route": "/predict",
+        "status": 200,
+        "user": "alice",
+        "client_ip": "127.0.0.1",
+    }
+    assert payload["level"] == "info"
+    assert payload["instance"] == "here"
+    assert 0 < payload["duration_ms"] < 5000
+
+
+async def test_no_secret_reaches_any_log_line(
+    client: httpx.AsyncClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets = await exercise_auth(client)
+    assert settings.jwt_secret is not None
+    secrets.append(settings.jwt_secret.get_secret_value())
+    assert any(r.name == "service.access" for r in caplog.records)
+    # httpx logs the test client's URLs (one carries a token on purpose): not the service.
+    server_records = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    formatted = [
+        formatter.format(record)
+        for record in server_records
+        for formatter in (JsonFormatter(), TextFormatter(), logging.Formatter())
+    ]
+    assert find_leaks("\n".join(formatted), secrets) == []
