@@ -127,7 +127,7 @@ class Session(HttpUser):
             cast(dict[str, Any], response.request_meta)["name"] = f"{name} [429]"
             response.success()  # type: ignore[no-untyped-call]
             _expected_429[name] += 1
-            raise RateLimitedStep(name)
+            raise RateLimitedStep(response.headers["Retry-After"])
         if status >= 500 or status == 0:
             _server_errors[name] += 1
             return self._fail(response, name, f"server error {status}: {response.text[:200]}")
@@ -178,8 +178,10 @@ class Session(HttpUser):
         _journeys["started"] += 1
         try:
             self._journey()
-        except RateLimitedStep:
+        except RateLimitedStep as limited:
             _journeys["stopped by a 429"] += 1
+            # A well-behaved client honours Retry-After (capped so a run stays responsive).
+            time.sleep(min(float(str(limited)), 15.0))
         except CheckFailed:
             _journeys["failed"] += 1
         else:
