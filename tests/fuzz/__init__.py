@@ -1,0 +1,1 @@
+"""Fuzzing: schemathesis over the OpenAPI schema, raw-body junk, and hypothesis properties."""
