@@ -27,7 +27,9 @@ from service.core.config import Settings
 TokenUse = Literal["access", "refresh"]
 MAX_TOKEN_LENGTH = 4096
 LEEWAY_SECONDS = 5
+VERIFIED_CACHE_SIZE = 4096
 _REQUIRED = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
+_DECODE_OPTIONS = {f"require_{name}": True for name in _REQUIRED} | {"leeway": LEEWAY_SECONDS}
 
 
 class InvalidTokenError(Exception):
@@ -75,6 +77,7 @@ class TokenClaims:
     version: str
     issued_at: int
     expires_at: int
+    not_before: int
 
     def remaining_ms(self, now: float | None = None) -> int:
         """Milliseconds until expiry (at least 1), the TTL of anything that revokes it."""
@@ -126,6 +129,10 @@ class TokenService:
         self._refresh_ttl = settings.refresh_token_ttl_seconds
         self._verify_keys: dict[str, Any] = {}
         self._public_pems: dict[str, bytes] = {}
+        # Token string -> claims it verified to. A client sends the same token many times;
+        # its signature and claims cannot change, only the clock (re-checked on every hit)
+        # and revocation (checked in Redis on every request, cache or not).
+        self._verified: dict[str, TokenClaims] = {}
         if self._algorithm == "HS256":
             if settings.jwt_secret is None:
                 raise ValueError("JWT_SECRET is required for HS256")
@@ -181,6 +188,16 @@ class TokenService:
 
     def decode(self, token: str, expected: TokenUse) -> TokenClaims:
         """Verify signature, algorithm, time claims, issuer, audience and the token's use."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            return _still_valid(cached, expected)
+        claims = self._verify(token, expected)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str, expected: TokenUse) -> TokenClaims:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidTokenError("malformed")
         try:
@@ -198,8 +215,7 @@ class TokenService:
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={f"require_{name}": True for name in _REQUIRED}
-                | {"leeway": LEEWAY_SECONDS},
+                options=_DECODE_OPTIONS,
             )
         except ExpiredSignatureError:
             raise InvalidTokenError("expired") from None
@@ -215,6 +231,18 @@ class TokenService:
             entry.update({"kid": kid, "use": "sig", "alg": self._algorithm})
             keys.append(entry)
         return {"keys": keys}
+
+
+def _still_valid(claims: TokenClaims, expected: TokenUse) -> TokenClaims:
+    """The time checks python-jose made when the token was first verified, made again now."""
+    now = time.time()
+    if claims.use != expected:
+        raise InvalidTokenError("wrong_token_use")
+    if now > claims.expires_at + LEEWAY_SECONDS:
+        raise InvalidTokenError("expired")
+    if now < claims.not_before - LEEWAY_SECONDS:
+        raise InvalidTokenError("invalid")
+    return claims
 
 
 def _claims(claims: dict[str, Any], expected: TokenUse) -> TokenClaims:
@@ -234,4 +262,5 @@ def _claims(claims: dict[str, Any], expected: TokenUse) -> TokenClaims:
         version=version,
         issued_at=int(claims["iat"]),
         expires_at=int(claims["exp"]),
+        not_before=int(claims["nbf"]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ from jose import jwt
 from pydantic import SecretStr
 
 from service.core.config import Settings
-from service.core.security import InvalidTokenError, PasswordHasher, TokenService
+from service.core.security import (
+    VERIFIED_CACHE_SIZE,
+    InvalidTokenError,
+    PasswordHasher,
+    TokenService,
+)
 from service.main import create_app
 from tests.conftest import ADMIN_PASSWORD, bearer, login
 
@@ -50,6 +56,33 @@ def test_rotated_key_still_verifies_and_retired_key_is_refused(settings: Setting
     with pytest.raises(InvalidTokenError, match="unknown_key"):
         retired.decode(token, "access")
     assert retired.decode(fresh, "access").subject == "alice"
+
+
+def test_cached_token_is_still_checked_against_the_clock(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = TokenService(settings)
+    token = service.issue_pair("alice", frozenset({"predict"}), "v1").access_token
+    assert service.decode(token, "access").subject == "alice"
+    assert service.decode(token, "access").subject == "alice"  # served from the cache
+    with pytest.raises(InvalidTokenError, match="wrong_token_use"):
+        service.decode(token, "refresh")
+    later = time.time() + settings.access_token_ttl_seconds + 60
+    monkeypatch.setattr("service.core.security.time.time", lambda: later)
+    with pytest.raises(InvalidTokenError, match="expired"):
+        service.decode(token, "access")
+
+
+def test_verified_cache_is_bounded(settings: Settings) -> None:
+    service = TokenService(settings)
+    tokens = [
+        service.issue_pair(f"user{i}", frozenset(), "v").access_token
+        for i in range(VERIFIED_CACHE_SIZE + 10)
+    ]
+    for token in tokens:
+        service.decode(token, "access")
+    assert len(service._verified) == VERIFIED_CACHE_SIZE
+    assert service.decode(tokens[0], "access").subject == "user0"
 
 
 async def test_rotation_over_http_keeps_sessions(
