@@ -4,11 +4,11 @@ NaN or Infinity, no extra keys."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-from service.core.config import RateSpec
+from service.core.config import RATE_PATTERN, RateSpec
 from service.core.users import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
@@ -29,8 +29,9 @@ Username = Annotated[
     str, StringConstraints(pattern=USERNAME_PATTERN), AfterValidator(lambda v: v.lower())
 ]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
+Scope = Literal["predict", "admin"]
 Scopes = Annotated[
-    list[str], Field(max_length=8), AfterValidator(lambda v: sorted(check_scopes(v)))
+    list[Scope], Field(max_length=8), AfterValidator(lambda v: sorted(check_scopes(v)))
 ]
 
 
@@ -39,7 +40,11 @@ def _rate(value: str) -> str:
     return value
 
 
-RateText = Annotated[str, Field(max_length=32), AfterValidator(_rate)]
+RateText = Annotated[
+    str,
+    Field(max_length=32, pattern=RATE_PATTERN, examples=["600/minute"]),
+    AfterValidator(_rate),
+]
 
 EXAMPLE_ROW: list[JsonValue] = [5.1, 3.5, 1.4, 0.2]
 
@@ -107,6 +112,10 @@ class LogoutRequest(StrictModel):
     refresh_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
 
 
+def _default_scopes() -> list[Scope]:
+    return ["predict"]
+
+
 class UserCreate(StrictModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -118,7 +127,7 @@ class UserCreate(StrictModel):
 
     username: Username
     password: Password
-    scopes: Scopes = Field(default_factory=lambda: ["predict"])
+    scopes: Scopes = Field(default_factory=_default_scopes)
 
 
 class UserUpdate(StrictModel):

@@ -44,7 +44,9 @@ WELL_KNOWN_SECRETS = frozenset(
     }
 )
 
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+RATE_PATTERN = r"^\s*0*([1-9][0-9]*)/(second|minute|hour|day)s?\s*$"
+# ASCII only: Unicode digits, spaces and case folding (U+017F folds to "s") are not syntax.
+_RATE_RE = re.compile(RATE_PATTERN, re.IGNORECASE | re.ASCII)
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -59,7 +61,7 @@ class RateSpec:
     def parse(cls, text: str) -> RateSpec:
         """Parse `N/second|minute|hour|day`; raise ValueError with the accepted syntax."""
         match = _RATE_RE.match(text)
-        if not match or int(match.group(1)) < 1:
+        if not match:
             raise ValueError(
                 f"invalid rate {text!r}: expected N/second, N/minute, N/hour or N/day with N >= 1"
             )

@@ -24,14 +24,28 @@ def build(**values: object) -> Settings:
         ("5/second", RateSpec(5, 1)),
         ("1000/hour", RateSpec(1000, 3600)),
         ("10/day", RateSpec(10, 86400)),
-        (" 7 / Minutes ", RateSpec(7, 60)),
+        (" 7/Minutes ", RateSpec(7, 60)),
     ],
 )
 def test_rate_syntax(text: str, expected: RateSpec) -> None:
     assert RateSpec.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "60", "0/minute", "-1/minute", "60/fortnight", "x/minute"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "60",
+        "0/minute",
+        "-1/minute",
+        "60/fortnight",
+        "x/minute",
+        "5 / minute",
+        "\u0665/minute",
+        "1/\u017fecond",
+        "1/M\u0130NUTE",
+    ],
+)
 def test_bad_rate_stops_start_up(text: str) -> None:
     with pytest.raises(ValidationError, match="N/second"):
         build(jwt_secret=GOOD_SECRET, rate_limit_predict=text)

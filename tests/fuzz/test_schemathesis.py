@@ -3,9 +3,9 @@
 Every response must be < 500, match its documented schema and content type, carry a
 status the schema documents (route-specific ones; see GENERIC_STATUSES), and follow the
 contract's error shape. Schema-invalid requests must be refused with a 4xx, schema-valid
-ones accepted. Known gaps between the schema and the app are listed once below
-(UNDOCUMENTED_STATUSES, UNDECLARED_RULES, INCOMPLETE_ALLOW), each pinned by a strict xfail
-test at the end, so fixing one turns that test into a failure until the entry goes.
+ones accepted. The rule JSON Schema cannot state (UNDECLARED_RULES) and the known gap
+(INCOMPLETE_ALLOW, pinned by a strict xfail at the end, so fixing it turns that test into a
+failure until the entry goes) are listed once below.
 """
 
 from __future__ import annotations
@@ -48,21 +48,12 @@ GENERIC_STATUSES = {
     503: "Redis unreachable",
 }
 
-# (method, path template) -> statuses the app answers that its schema does not document.
-UNDOCUMENTED_STATUSES: dict[tuple[str, str], frozenset[int]] = {
-    ("POST", "/users"): frozenset({409}),
-    ("PATCH", "/users/{username}"): frozenset({404}),
-    ("DELETE", "/users/{username}"): frozenset({404}),
-    ("POST", "/users/{username}/revoke-tokens"): frozenset({404}),
-}
 # (method, path template) -> body fields whose rules the schema does not state, so a
 # schema-valid value can be refused with 422.
 UNDECLARED_RULES: dict[tuple[str, str], frozenset[str]] = {
-    # scopes: any string per the schema, but only "admin"/"predict" are accepted.
     # password: "must not equal the username" cannot be said in JSON Schema at all.
-    ("POST", "/users"): frozenset({"scopes", "password"}),
-    # rate_limit: any string up to 32 characters per the schema, but it must parse as N/unit.
-    ("PATCH", "/users/{username}"): frozenset({"scopes", "password", "rate_limit"}),
+    ("POST", "/users"): frozenset({"password"}),
+    ("PATCH", "/users/{username}"): frozenset({"password"}),
 }
 # Paths whose 405 `Allow` header leaves out methods of a sibling route (Starlette lists
 # only the methods of the first route whose path matches).
@@ -76,9 +67,9 @@ def _key(case: FuzzCase) -> tuple[str, str]:
 
 
 def documented_status(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
-    """status_code_conformance, minus GENERIC_STATUSES and the listed known gaps."""
+    """status_code_conformance, minus GENERIC_STATUSES."""
     status = response.status_code
-    if status in GENERIC_STATUSES or status in UNDOCUMENTED_STATUSES.get(_key(case), ()):
+    if status in GENERIC_STATUSES:
         return None
     outcome: bool | None = checks.status_code_conformance(ctx, response, case)
     return outcome
@@ -216,21 +207,8 @@ def test_user_operations_on_an_existing_user(
     case.call_and_validate(base_url=BASE_URL, session=api, headers=headers, checks=CHECKS)
 
 
-# --- Known gaps, one strict xfail each: fixing the app makes the test pass, which fails
-# --- the run until the marker and the KNOWN_* entry above are removed.
-
-
-def _documented(method: str, path: str) -> set[str]:
-    return set(OPENAPI["paths"][path][method.lower()]["responses"])
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "status"),
-    [(m, p, s) for (m, p), statuses in UNDOCUMENTED_STATUSES.items() for s in sorted(statuses)],
-)
-@pytest.mark.xfail(strict=True, reason="route-specific status missing from the OpenAPI schema")
-def test_route_specific_statuses_are_documented(method: str, path: str, status: int) -> None:
-    assert str(status) in _documented(method, path)
+# --- The schema and the app agree on what is invalid; the known gap is a strict xfail:
+# --- fixing the app makes it pass, which fails the run until the entry above is removed.
 
 
 def _schema_accepts(component: str, body: dict[str, Any]) -> bool:
@@ -251,11 +229,7 @@ def _schema_accepts(component: str, body: dict[str, Any]) -> bool:
         ("PATCH", f"/users/{TARGET_USER}", "UserUpdate", {"rate_limit": "often"}),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="the schema does not state the accepted scopes (enum) or the rate_limit syntax",
-)
-def test_schema_valid_bodies_are_accepted(
+def test_schema_invalid_bodies_are_refused_by_the_schema_too(
     api: asgi.ASGIClient,
     admin: AdminSession,
     method: str,
@@ -263,11 +237,13 @@ def test_schema_valid_bodies_are_accepted(
     component: str,
     body: dict[str, Any],
 ) -> None:
-    """A body the published schema accepts must not be refused as invalid (422)."""
+    """What the app refuses as 422 (unknown scope, rate syntax), the published schema
+    refuses as well: clients can validate before they send."""
     headers = admin.headers()
     _ensure_target(api, headers)
     response = api.request(method, path, json=body, headers=headers)
-    assert response.status_code != 422 or not _schema_accepts(component, body), response.text
+    assert response.status_code == 422, response.text
+    assert not _schema_accepts(component, body)
 
 
 @pytest.mark.parametrize("path", sorted(INCOMPLETE_ALLOW))

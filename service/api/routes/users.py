@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
@@ -43,7 +43,15 @@ async def me(user: CurrentUser) -> UserOut:
     return UserOut(username=user.username, scopes=sorted(user.scopes), disabled=False)
 
 
-@router.post("", response_model=UserDetail, status_code=status.HTTP_201_CREATED)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user"}}
+
+
+@router.post(
+    "",
+    response_model=UserDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "A user with that name exists"}},
+)
 async def create_user(body: UserCreate, _: AdminUser, services: ServicesDep) -> UserDetail:
     try:
         check_password(body.username, body.password)
@@ -62,7 +70,7 @@ async def list_users(_: AdminUser, services: ServicesDep) -> list[UserDetail]:
     return [_detail(user) for user in await services.users.list()]
 
 
-@router.patch("/{username}", response_model=UserDetail)
+@router.patch("/{username}", response_model=UserDetail, responses=_NOT_FOUND)
 async def update_user(
     username: UsernamePath, body: UserUpdate, _: AdminUser, services: ServicesDep
 ) -> UserDetail:
@@ -87,14 +95,16 @@ async def update_user(
     return _detail(user)
 
 
-@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
 async def delete_user(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
     if not await services.users.delete(username.lower()):
         raise _not_found(username.lower())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{username}/revoke-tokens", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/{username}/revoke-tokens", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND
+)
 async def revoke_tokens(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
     """Every token issued to the user so far stops working, on every instance, at once."""
     if not await services.users.revoke_tokens(username.lower()):
