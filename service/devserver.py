@@ -12,7 +12,7 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 - starts redis-server and gunicorn, fixed arguments
 import sys
 import time
 from pathlib import Path
@@ -61,7 +61,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
         )
     port = 6379 if _port_free(6379) else _free_port()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+    proc = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
         [
             binary,
             "--bind",
@@ -102,7 +102,7 @@ def main() -> None:
         f"serving on http://{env.get('BIND', '127.0.0.1:8000')} - log in as "
         f"{env.get('ADMIN_USERNAME', '(no admin)')} with ADMIN_PASSWORD from {ENV_FILE.resolve()}"
     )
-    server = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+    server = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
         [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.main:create_app()"],
         env=env,
     )

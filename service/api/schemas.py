@@ -120,7 +120,7 @@ class UserCreate(StrictModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"username": "alice", "password": "a long passphrase", "scopes": ["predict"]}
+                {"username": "alice", "password": "a long passphrase", "scopes": ["predict"]}  # nosec B105
             ]
         }
     )
