@@ -236,7 +236,6 @@ def _procfile(layout: Layout, port: int, api_ports: list[int], redis_port: int |
         command = (
             f"{assignments} {shlex.quote(str(gunicorn))} -c {shlex.quote(str(GUNICORN_CONF))} "
             f"--pid {shlex.quote(str(layout.gunicorn_pidfile(name)))} "
-            f"--control-socket {shlex.quote(str(layout.instance_dir(name) / 'gunicorn.ctl'))} "
             "'service.main:create_app()'"
         )
         lines.append((name, command))

@@ -54,6 +54,9 @@ errorlog = "-"
 loglevel = _settings.log_level
 logconfig_dict = logging_config(_settings)
 proc_name = f"secure-ml-api:{_settings.instance_name}"
+# gunicorn 27's control socket (for gunicornc) defaults to one path per user, which every
+# instance on a host would fight over; nothing here uses it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
