@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.core.metrics import count_redis_error
 
@@ -67,6 +70,30 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, except that a 405's `Allow` lists the methods of every route of the
+    path (RFC 9110 15.5.6): Starlette names only those of the first route that matched. A
+    literal path (`/users/me`) is its own resource, apart from a template that also matches
+    it (`/users/{username}`)."""
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+        return await http_exception_handler(request, exc)
+    matching = [
+        route
+        for route in request.app.router.routes
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE
+    ]
+    literal = [route for route in matching if not getattr(route, "param_convertors", None)]
+    allowed = {method for route in (literal or matching) for method in route.methods}
+    return JSONResponse(
+        {"detail": exc.detail},
+        status_code=exc.status_code,
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_unavailable)

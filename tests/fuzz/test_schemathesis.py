@@ -3,9 +3,7 @@
 Every response must be < 500, match its documented schema and content type, carry a
 status the schema documents (route-specific ones; see GENERIC_STATUSES), and follow the
 contract's error shape. Schema-invalid requests must be refused with a 4xx, schema-valid
-ones accepted. The rule JSON Schema cannot state (UNDECLARED_RULES) and the known gap
-(INCOMPLETE_ALLOW, pinned by a strict xfail at the end, so fixing it turns that test into a
-failure until the entry goes) are listed once below.
+ones accepted, except for the one rule JSON Schema cannot state (UNDECLARED_RULES).
 """
 
 from __future__ import annotations
@@ -55,9 +53,6 @@ UNDECLARED_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/users"): frozenset({"password"}),
     ("PATCH", "/users/{username}"): frozenset({"password"}),
 }
-# Paths whose 405 `Allow` header leaves out methods of a sibling route (Starlette lists
-# only the methods of the first route whose path matches).
-INCOMPLETE_ALLOW = frozenset({"/users", "/users/{username}"})
 # `PATCH /users/me` is `PATCH /users/{username}` with an invalid name: a 422, not a 405.
 OVERLAPPING_PATHS = frozenset({"/users/me"})
 
@@ -89,8 +84,6 @@ def accepts_valid_data(ctx: CheckContext, response: Response, case: FuzzCase) ->
 
 
 def allow_header(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
-    if case.operation.path in INCOMPLETE_ALLOW:
-        return None
     outcome: bool | None = checks.allow_header_conformance(ctx, response, case)
     return outcome
 
@@ -207,8 +200,7 @@ def test_user_operations_on_an_existing_user(
     case.call_and_validate(base_url=BASE_URL, session=api, headers=headers, checks=CHECKS)
 
 
-# --- The schema and the app agree on what is invalid; the known gap is a strict xfail:
-# --- fixing the app makes it pass, which fails the run until the entry above is removed.
+# --- The schema and the app agree on what is invalid, and on the methods of a path.
 
 
 def _schema_accepts(component: str, body: dict[str, Any]) -> bool:
@@ -246,11 +238,7 @@ def test_schema_invalid_bodies_are_refused_by_the_schema_too(
     assert not _schema_accepts(component, body)
 
 
-@pytest.mark.parametrize("path", sorted(INCOMPLETE_ALLOW))
-@pytest.mark.xfail(
-    strict=True,
-    reason="Starlette's 405 lists only the first matching route's methods (RFC 9110 §15.5.6)",
-)
+@pytest.mark.parametrize("path", ["/users", "/users/{username}"])
 def test_405_allow_lists_every_method(api: asgi.ASGIClient, path: str) -> None:
     url = path.replace("{username}", TARGET_USER)
     response = api.options(url)

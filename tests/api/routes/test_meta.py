@@ -45,3 +45,13 @@ async def test_wrong_method_is_405(client: httpx.AsyncClient) -> None:
 
 async def test_app_state_is_built_per_app(app: FastAPI) -> None:
     assert app.state.services.predictor.manifest.version.startswith("iris-rf-")
+
+
+async def test_405_allow_names_every_method_of_the_resource(client: httpx.AsyncClient) -> None:
+    users = await client.request("PUT", "/users")
+    assert users.status_code == 405
+    assert users.headers["allow"] == "GET, POST"
+    one_user = await client.request("PUT", "/users/alice")
+    assert one_user.headers["allow"] == "DELETE, PATCH"
+    me = await client.request("PUT", "/users/me")
+    assert me.headers["allow"] == "GET"
