@@ -16,6 +16,8 @@ import httpx
 import pytest
 from dotenv import dotenv_values
 
+from tests.support.processes import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster.py"
 INSTANCES = 3
@@ -24,18 +26,6 @@ PREDICT_LIMIT = 20
 # Variables the cluster decides itself, or that would point it at something else.
 _FOREIGN = ("REDIS_URL", "REDIS_PASSWORD", "REDIS_PASSWORD_FILE", "BIND", "INSTANCE_NAME",
             "PROMETHEUS_MULTIPROC_DIR", "JWT_SECRET_FILE", "ADMIN_PASSWORD_FILE")  # fmt: skip
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out, held together so they are distinct."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True)

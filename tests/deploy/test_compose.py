@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import free_ports
+from tests.support.processes import free_ports
 
 pytestmark = pytest.mark.docker
 
