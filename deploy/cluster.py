@@ -305,6 +305,9 @@ def up(args: argparse.Namespace) -> int:
     # The instances run in the cluster directory: a relative MODEL_DIR means the repository's.
     env["MODEL_DIR"] = str(ROOT / env.get("MODEL_DIR", "var/model"))
     env["PYTHONUNBUFFERED"] = "1"
+    # The instances share this host's cores: by default their workers add up to about the
+    # core count (more only adds context switches; measured in `make bench`).
+    env.setdefault("WEB_CONCURRENCY", str(max(1, (os.cpu_count() or 1) // len(api_ports))))
     if not external_redis:
         _redis_conf(layout, args.redis_port)
         env["REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
