@@ -94,9 +94,11 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
 async def admin_user(request: Request, claims: AccessClaims, services: ServicesDep) -> Principal:
+    """A revoked token is a 401 whatever its scopes; only a valid one can be a 403."""
+    principal = await current_user(request, claims, services)
     if "admin" not in claims.scopes:
         raise insufficient_scope("admin")
-    return await current_user(request, claims, services)
+    return principal
 
 
 AdminUser = Annotated[Principal, Depends(admin_user)]
@@ -105,8 +107,10 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 async def predict_user(
     request: Request, response: Response, claims: AccessClaims, services: ServicesDep
 ) -> Principal:
-    """Scope check, then token state and the per-user rate limit in one Redis round trip."""
+    """Token state and the per-user rate limit in one Redis round trip. Without the scope,
+    the state is checked alone (a revoked token is a 401, not a 403) and nothing is counted."""
     if "predict" not in claims.scopes:
+        await current_user(request, claims, services)
         raise insufficient_scope("predict")
     await services.limits.predict(request, response)
     return Principal(claims.subject, claims.scopes, claims)

@@ -235,3 +235,14 @@ async def test_missing_scope_is_403(
 async def test_oversized_token(client: httpx.AsyncClient) -> None:
     response = await client.get("/users/me", headers=bearer("a" * 5000))
     assert response.status_code == 401
+
+
+async def test_revoked_token_without_the_scope_is_401_not_403(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    await create_user(client, admin_headers, "viewer2", scopes=[])
+    tokens = await login(client, "viewer2", "user-password-for-tests")
+    headers = bearer(tokens["access_token"])
+    assert (await client.post("/logout", headers=headers)).status_code == 204
+    assert (await client.post("/predict", json=BODY, headers=headers)).status_code == 401
+    assert (await client.get("/users", headers=headers)).status_code == 401
