@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory, login_http
 from tests.support.processes import RedisProcess
@@ -30,3 +33,32 @@ def test_prediction_over_real_http(
         headers=headers | {"Content-Type": "application/json"},
     )
     assert nan.status_code == 422
+
+
+def test_instances_starting_together_create_exactly_one_admin(
+    gunicorn_factory: GunicornFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Three instances of two workers each, started at once on an empty Redis, each with
+    its own ADMIN_PASSWORD: one admin exists afterwards, with one of those passwords."""
+    redis = RedisProcess(tmp_path_factory.mktemp("redis-bootstrap")).start()
+    try:
+        passwords = [f"bootstrap-password-{i}" for i in range(3)]
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            servers = list(
+                pool.map(lambda pw: gunicorn_factory(redis.url, ADMIN_PASSWORD=pw), passwords)
+            )
+        accepted = [
+            httpx.post(
+                f"{servers[0].url}/token", data={"username": ADMIN_USERNAME, "password": pw}
+            ).status_code
+            for pw in passwords
+        ]
+        assert sorted(accepted) == [200, 401, 401]
+        admin = login_http(servers[1].url, ADMIN_USERNAME, passwords[accepted.index(200)])
+        users = httpx.get(
+            f"{servers[2].url}/users", headers={"Authorization": f"Bearer {admin['access_token']}"}
+        )
+        assert [user["username"] for user in users.json()] == [ADMIN_USERNAME]
+    finally:
+        # The servers belong to gunicorn_factory, which stops them with the module.
+        redis.stop()
