@@ -52,6 +52,8 @@ def make_settings(redis_url: str, model_dir: Path, **overrides: Any) -> Settings
         "rate_limit_login_ip": "1000/minute",
         "rate_limit_public": "1000/minute",
         "log_format": "text",
+        # Generous for a busy CI machine; the 0.5 s production default is tested over gunicorn.
+        "redis_socket_timeout": 2.0,
     } | overrides
     return Settings(_env_file=None, **values)
 
