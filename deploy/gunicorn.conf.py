@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.core.config import Settings
+from service.core.config import load_settings
 from service.core.logs import logging_config
 
-_settings = Settings()
+_settings = load_settings()
 
 _private_metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -15,7 +15,7 @@ import getpass
 import sys
 from collections.abc import Sequence
 
-from service.core.config import Settings
+from service.core.config import Settings, load_settings
 from service.core.redis import Scripts, create_redis
 from service.core.security import PasswordHasher
 from service.core.users import (
@@ -97,8 +97,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = Settings()
-        return asyncio.run(_run(args, settings))
+        return asyncio.run(_run(args, load_settings()))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

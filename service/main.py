@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from service.api.routes import auth, meta, predict, users
 from service.core import metrics
-from service.core.config import Settings
+from service.core.config import Settings, load_settings
 from service.core.errors import install_error_handlers
 from service.core.logs import configure_logging
 from service.core.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
@@ -79,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(settings)
     app = FastAPI(
         title="secure-ml-api",

@@ -2,20 +2,22 @@
 
 A bad value stops the process before it serves anything, with a message naming the variable.
 Secrets also come from files (`JWT_SECRET_FILE`, ...) because Docker and Kubernetes mount
-secrets as files; the file wins only when the plain variable is unset.
+secrets as files. Given both ways, the one set in the process environment beats the one in
+`.env`; both in the same place is an error.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        # A validation error must never print the values it was given: they hold secrets.
+        hide_input_in_errors=True,
     )
 
     app_env: Literal["development", "production"] = "development"
@@ -166,10 +170,11 @@ class Settings(BaseSettings):
             if entry == "*":
                 continue
             try:
-                ipaddress.ip_network(entry, strict=False)
+                # strict: gunicorn refuses a network with host bits set (10.1.2.3/8) too.
+                ipaddress.ip_network(entry, strict=True)
             except ValueError:
                 raise ValueError(
-                    f"TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR"
+                    f"{entry!r} is not an IP address or a CIDR without host bits"
                 ) from None
         return value
 
@@ -193,7 +198,12 @@ class Settings(BaseSettings):
             if path is None:
                 continue
             if getattr(self, name) is not None:
-                raise ValueError(f"set {name.upper()} or {name.upper()}_FILE, not both")
+                # Both given: the one from the process environment beats the one from .env.
+                plain_in_env = name.upper() in os.environ
+                if plain_in_env == (f"{name.upper()}_FILE" in os.environ):
+                    raise ValueError(f"set {name.upper()} or {name.upper()}_FILE, not both")
+                if plain_in_env:
+                    continue
             secret = SecretStr(_read_secret_file(path, f"{name.upper()}_FILE"))
             object.__setattr__(self, name, secret)
         self._check_signing_keys()
@@ -250,3 +260,22 @@ def _secret_problem(secret: str) -> str | None:
     if len(set(secret)) < MIN_DISTINCT_CHARACTERS:
         return f"it has fewer than {MIN_DISTINCT_CHARACTERS} distinct characters"
     return None
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with one line per problem and no values.
+
+    Used wherever a process starts (gunicorn's config, the CLI, `create_app()`), so a bad
+    variable is a short message in the logs, never a traceback that might quote a secret.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise SystemExit(f"invalid configuration: {problems}") from None
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())).upper()
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

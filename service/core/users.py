@@ -124,7 +124,8 @@ class UserStore:
         rate_limit: RateSpec | None = None,
         clear_rate_limit: bool = False,
     ) -> bool:
-        """Apply the given changes; a new password or scopes revoke the user's tokens."""
+        """Apply the given changes. Disabling, a new password or new scopes revoke the user's
+        tokens, so re-enabling a user never revives a session from before."""
         fields: dict[str, str] = {}
         removed: list[str] = []
         if disabled is not None:
@@ -133,7 +134,7 @@ class UserStore:
             fields["hash"] = await self.hasher.hash(password)
         if scopes is not None:
             fields["scopes"] = " ".join(sorted(scopes))
-        if password is not None or scopes is not None:
+        if disabled or password is not None or scopes is not None:
             fields["token_version"] = new_token_version()
         if rate_limit is not None:
             fields |= {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,9 +108,63 @@ def test_trusted_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
     settings = Settings(_env_file=None)
     assert settings.trusted_proxies == ("10.0.0.1", "172.18.0.0/16")
-    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+    with pytest.raises(ValidationError, match="not an IP address"):
         build(jwt_secret=GOOD_SECRET, trusted_proxies="not-an-ip")
 
 
 def test_relative_model_dir_is_made_absolute() -> None:
     assert build(jwt_secret=GOOD_SECRET, model_dir="var/model").model_dir.is_absolute()
+
+
+def test_a_secret_file_in_the_environment_beats_the_plain_value_in_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"JWT_SECRET={GOOD_SECRET}\n")
+    secret_file = tmp_path / "jwt"
+    secret_file.write_text("from-the-file-" + "f" * 32)
+    monkeypatch.setenv("JWT_SECRET_FILE", str(secret_file))
+    settings = Settings(_env_file=env_file)
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "from-the-file-" + "f" * 32
+
+
+def test_a_plain_value_in_the_environment_beats_a_file_in_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"JWT_SECRET_FILE={tmp_path / 'absent'}\n")
+    monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
+    settings = Settings(_env_file=env_file)
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == GOOD_SECRET
+
+
+def test_both_in_the_same_place_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "jwt").write_text(GOOD_SECRET)
+    with pytest.raises(ValidationError, match="not both"):
+        build(jwt_secret=GOOD_SECRET, jwt_secret_file=tmp_path / "jwt")
+
+
+def test_configuration_errors_are_one_line_without_values() -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_ENV": "production",
+        "JWT_SECRET": "hunter2hunter2",
+        "RATE_LIMIT_LOGIN": "fast",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "from service.core.config import load_settings; load_settings()"],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("invalid configuration: RATE_LIMIT_LOGIN: invalid rate")
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -191,9 +191,20 @@ async def test_disabled_user(
 ) -> None:
     await client.patch("/users/alice", json={"disabled": True}, headers=admin_headers)
     await assert_refused(client, user_tokens["access_token"])
+
+
+async def test_disable_then_enable_does_not_revive_tokens(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    await client.patch("/users/alice", json={"disabled": True}, headers=admin_headers)
     await client.patch("/users/alice", json={"disabled": False}, headers=admin_headers)
-    me = await client.get("/users/me", headers=bearer(user_tokens["access_token"]))
-    assert me.status_code == 200
+    await assert_refused(client, user_tokens["access_token"])
+    refresh = await client.post(
+        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
+    )
+    assert refresh.status_code == 401
+    fresh = await login(client, "alice", "user-password-for-tests")
+    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
 
 
 async def test_deleted_user(
