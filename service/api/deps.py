@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from service.core.config import Settings
 from service.core.errors import insufficient_scope, invalid_token, missing_token
-from service.core.ratelimit import GateStatus, run_gate
+from service.core.ratelimit import GateStatus, refuse_token, run_gate
 from service.core.security import InvalidTokenError, TokenClaims
 from service.services import Services
 
@@ -84,9 +84,7 @@ async def current_user(request: Request, claims: AccessClaims, services: Service
     """A token that is valid now: not revoked, its user present, enabled and unchanged."""
     decision = await run_gate(services.scripts, claims=claims)
     if decision.status is not GateStatus.ADMITTED:
-        revoked = decision.status is GateStatus.REVOKED
-        request.state.auth_failure = "revoked" if revoked else "user"
-        raise invalid_token("token revoked" if revoked else None)
+        raise refuse_token(request, decision.status)
     return Principal(claims.subject, claims.scopes, claims)
 
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import metrics
 from service.core.logs import request_id_var
+from service.core.ratelimit import RATELIMIT_STATE
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -107,6 +108,18 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def _ratelimit_headers(state: dict[str, object]) -> list[tuple[bytes, bytes]]:
+    """The RateLimit fields of every policy that counted this request, in the order they
+    counted it (the draft lists several policies comma-separated)."""
+    fields = state.get(RATELIMIT_STATE)
+    if not isinstance(fields, list) or not fields:
+        return []
+    return [
+        (b"ratelimit-policy", ", ".join(policy for policy, _ in fields).encode()),
+        (b"ratelimit", ", ".join(remaining for _, remaining in fields).encode()),
+    ]
+
+
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID when it is short and plain, else a new random one."""
     for name, value in headers:
@@ -150,7 +163,11 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                message["headers"] = [*message.get("headers", ()), *extra_headers]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *extra_headers,
+                    *_ratelimit_headers(state),
+                ]
             await send(message)
 
         metrics.HTTP_IN_FLIGHT.inc()

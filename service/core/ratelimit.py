@@ -60,27 +60,42 @@ class GateCall:
     header_name: str
     claims: TokenClaims | None
     decision: GateDecision | None = None
-    failed_open: bool = False
 
 
 _current_call: ContextVar[GateCall] = ContextVar("gate_call")
+_COUNTED = frozenset({GateStatus.ADMITTED, GateStatus.RATE_LIMITED})
+# Key in the ASGI scope's state: the (RateLimit-Policy, RateLimit) items of every policy
+# that counted this request.
+RATELIMIT_STATE = "ratelimit_fields"
 
 
 class RateLimited(HTTPException):
-    def __init__(self, headers: dict[str, str]) -> None:
-        super().__init__(status.HTTP_429_TOO_MANY_REQUESTS, "Too many requests", headers)
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "Too many requests",
+            {"Retry-After": str(retry_after)},
+        )
 
 
-def ratelimit_headers(policy_name: str, decision: GateDecision) -> dict[str, str]:
-    """IETF httpapi ratelimit-headers draft fields, plus Retry-After on a 429."""
-    seconds = max(1, math.ceil(decision.reset_ms / 1000))
-    headers = {
-        "RateLimit-Policy": f'"{policy_name}";q={decision.limit};w={decision.window_ms // 1000}',
-        "RateLimit": f'"{policy_name}";r={decision.remaining};t={seconds}',
-    }
-    if decision.status is GateStatus.RATE_LIMITED:
-        headers["Retry-After"] = str(seconds)
-    return headers
+def _seconds(decision: GateDecision) -> int:
+    return max(1, math.ceil(decision.reset_ms / 1000))
+
+
+def ratelimit_fields(policy_name: str, decision: GateDecision) -> tuple[str, str]:
+    """One policy's items of the IETF httpapi ratelimit-headers draft fields:
+    (`RateLimit-Policy`, `RateLimit`)."""
+    return (
+        f'"{policy_name}";q={decision.limit};w={decision.window_ms // 1000}',
+        f'"{policy_name}";r={decision.remaining};t={_seconds(decision)}',
+    )
+
+
+def refuse_token(request: Request, gate_status: GateStatus) -> HTTPException:
+    """The 401 for a token whose state the gate refused (revoked, or its user changed)."""
+    revoked = gate_status is GateStatus.REVOKED
+    request.state.auth_failure = "revoked" if revoked else "user"
+    return invalid_token("token revoked" if revoked else None)
 
 
 async def run_gate(
@@ -143,7 +158,6 @@ class GateBucket(AbstractBucket):
                 raise
             count_redis_error(exc)
             logger.warning("rate limiter failing open for policy %s: Redis error", call.policy)
-            call.failed_open = True
             return True
         call.decision = decision
         self.failing_rate = None if decision.status is GateStatus.ADMITTED else self.rates[0]
@@ -202,20 +216,21 @@ class LockFreeLimiter(Limiter):
 
 
 async def _reject(request: Request, response: Response) -> None:
-    """fastapi-limiter's callback: 429 with headers, or 401 when the token was refused."""
+    """fastapi-limiter's callback: 429 with Retry-After, or 401 when the token was refused."""
     call = _current_call.get()
     decision = call.decision
     if decision is None:  # only a failed-open call has no decision, and it was admitted
         return
     if decision.status is GateStatus.RATE_LIMITED:
         RATE_LIMITED.labels(call.policy).inc()
-        raise RateLimited(ratelimit_headers(call.header_name, decision))
-    request.state.auth_failure = "revoked" if decision.status is GateStatus.REVOKED else "user"
-    raise invalid_token("token revoked" if decision.status is GateStatus.REVOKED else None)
+        raise RateLimited(_seconds(decision))
+    raise refuse_token(request, decision.status)
 
 
 class PolicyLimiter(RateLimiter):
-    """fastapi-limiter's dependency for one policy, adding the RateLimit headers."""
+    """fastapi-limiter's dependency for one policy. Each counted request records its
+    RateLimit fields in the request state; the middleware puts them on whatever response
+    goes out (200, 429, or a 401/422 raised after the request was counted)."""
 
     def __init__(
         self,
@@ -238,5 +253,7 @@ class PolicyLimiter(RateLimiter):
             await super().__call__(request, response)
         finally:
             _current_call.reset(token)
-        if call.decision is not None:
-            response.headers.update(ratelimit_headers(self.header_name, call.decision))
+            decision = call.decision
+            if decision is not None and decision.status in _COUNTED:
+                fields = ratelimit_fields(self.header_name, decision)
+                request.scope.setdefault("state", {}).setdefault(RATELIMIT_STATE, []).append(fields)

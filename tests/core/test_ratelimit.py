@@ -117,7 +117,9 @@ async def test_login_brute_force_is_cut_off_even_with_the_right_password(
     right = await client.post("/token", data={"username": "alice", "password": USER_PASSWORD})
     assert right.status_code == 429
     assert int(right.headers["retry-after"]) >= 1
-    assert right.headers["ratelimit-policy"] == '"login";q=3;w=60'
+    # Both policies of the route, in the order they counted the request.
+    assert right.headers["ratelimit-policy"] == '"login-ip";q=6;w=60, "login";q=3;w=60'
+    assert re.fullmatch(r'"login-ip";r=1;t=\d+, "login";r=0;t=\d+', right.headers["ratelimit"])
 
 
 async def test_one_address_cannot_try_many_usernames(client: httpx.AsyncClient) -> None:
@@ -152,3 +154,16 @@ async def test_window_really_resets(
     assert codes == [200, 200, 429]
     await asyncio.sleep(1.1)
     assert (await client.post("/predict", json=BODY, headers=user_headers)).status_code == 200
+
+
+async def test_counted_requests_carry_the_headers_whatever_their_status(
+    client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    invalid = await client.post("/predict", json={"data": [1, 2, 3]}, headers=user_headers)
+    assert invalid.status_code == 422
+    assert re.fullmatch(rf'"default";r={LIMIT - 1};t=\d+', invalid.headers["ratelimit"])
+    failed_login = await client.post("/token", data={"username": "nobody", "password": "x" * 12})
+    assert failed_login.status_code == 401
+    assert '"login";q=3;w=60' in failed_login.headers["ratelimit-policy"]
+    not_counted = await client.get("/users/me", headers=user_headers)
+    assert "ratelimit" not in not_counted.headers

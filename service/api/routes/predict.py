@@ -61,25 +61,20 @@ async def _infer(services: ServicesDep, rows: list[list[float]]) -> list[dict[st
     return results
 
 
-def _json(payload: dict[str, object], sub_response: Response | None = None) -> Response:
-    """Serialise once; keep headers that dependencies set (the RateLimit fields), which
-    FastAPI does not merge into a Response the endpoint returns itself."""
-    headers = sub_response.headers if sub_response is not None else None
-    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+def _json(payload: dict[str, object]) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_LIMITED)
-async def predict(
-    body: PredictRequest, _: PredictUser, services: ServicesDep, response: Response
-) -> Response:
+async def predict(body: PredictRequest, _: PredictUser, services: ServicesDep) -> Response:
     (result,) = await _infer(services, [body.data])
     result["model_version"] = services.predictor.manifest.version
-    return _json(result, response)
+    return _json(result)
 
 
 @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_LIMITED)
 async def predict_batch(
-    body: BatchPredictRequest, _: PredictUser, services: ServicesDep, response: Response
+    body: BatchPredictRequest, _: PredictUser, services: ServicesDep
 ) -> Response:
     limit = services.settings.max_batch_size
     if len(body.instances) > limit:
@@ -94,7 +89,7 @@ async def predict_batch(
         )
     predictions = await _infer(services, body.instances)
     version = services.predictor.manifest.version
-    return _json({"predictions": predictions, "model_version": version}, response)
+    return _json({"predictions": predictions, "model_version": version})
 
 
 @router.get("/model", response_model=ModelInfo, status_code=status.HTTP_200_OK)
