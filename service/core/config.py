@@ -46,7 +46,9 @@ WELL_KNOWN_SECRETS = frozenset(
     }
 )
 
-RATE_PATTERN = r"^\s*0*([1-9][0-9]*)/(second|minute|hour|day)s?\s*$"
+# N from 1 to MAX_RATE_LIMIT: the sliding-window log keeps one Redis entry per request.
+MAX_RATE_LIMIT = 100_000
+RATE_PATTERN = r"^\s*0*([1-9][0-9]{0,4}|100000)/(second|minute|hour|day)s?\s*$"
 # ASCII only: Unicode digits, spaces and case folding (U+017F folds to "s") are not syntax.
 _RATE_RE = re.compile(RATE_PATTERN, re.IGNORECASE | re.ASCII)
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -65,7 +67,8 @@ class RateSpec:
         match = _RATE_RE.match(text)
         if not match:
             raise ValueError(
-                f"invalid rate {text!r}: expected N/second, N/minute, N/hour or N/day with N >= 1"
+                f"invalid rate {text!r}: expected N/second, N/minute, N/hour or N/day "
+                f"with N from 1 to {MAX_RATE_LIMIT}"
             )
         return cls(int(match.group(1)), _PERIODS[match.group(2).lower()])
 

@@ -27,6 +27,7 @@ def build(**values: object) -> Settings:
         ("1000/hour", RateSpec(1000, 3600)),
         ("10/day", RateSpec(10, 86400)),
         (" 7/Minutes ", RateSpec(7, 60)),
+        ("100000/day", RateSpec(100_000, 86400)),
     ],
 )
 def test_rate_syntax(text: str, expected: RateSpec) -> None:
@@ -46,6 +47,8 @@ def test_rate_syntax(text: str, expected: RateSpec) -> None:
         "\u0665/minute",
         "1/\u017fecond",
         "1/M\u0130NUTE",
+        "100001/second",
+        "99999999999999999999/second",
     ],
 )
 def test_bad_rate_stops_start_up(text: str) -> None:

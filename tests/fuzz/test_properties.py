@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from schemathesis.python import asgi
 
 from service.api.schemas import BatchPredictRequest, PredictRequest, RefreshRequest, UserCreate
-from service.core.config import RateSpec, Settings
+from service.core.config import MAX_RATE_LIMIT, RateSpec, Settings
 from service.core.users import check_password
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, USER_PASSWORD
 from tests.fuzz.conftest import bearer, fuzz_examples, fuzz_hypothesis_settings, login
@@ -211,7 +211,7 @@ def _random_case(draw: st.DrawFn, word: str) -> str:
 @st.composite
 def rate_texts(draw: st.DrawFn) -> tuple[str, int, int]:
     """A text in the grammar, with the limit and window it means."""
-    limit = draw(st.integers(1, 10**12))
+    limit = draw(st.integers(1, MAX_RATE_LIMIT))
     unit = draw(st.sampled_from(sorted(PERIODS)))
     digits = "0" * draw(st.integers(0, 3)) + str(limit)
     word = _random_case(draw, unit + ("s" if draw(st.booleans()) else ""))
@@ -231,7 +231,7 @@ def test_rate_spec_parses_the_grammar_and_round_trips(case: tuple[str, int, int]
 
 def _oracle(text: str) -> tuple[int, int] | None:
     match = GRAMMAR.fullmatch(text)
-    if match is None or int(match.group(1)) < 1:
+    if match is None or not 1 <= int(match.group(1)) <= MAX_RATE_LIMIT:
         return None
     return int(match.group(1)), PERIODS[match.group(2).lower()]
 
@@ -274,9 +274,9 @@ def near_miss_rates(draw: st.DrawFn) -> str:
 @example("1e3/second")
 @PURE
 def test_rate_spec_accepts_exactly_the_grammar_over_ascii(text: str) -> None:
-    """`^\\d+/(second|minute|hour|day)s?$`, case-insensitive, N >= 1, whitespace only
-    around the whole: an accepted text means what the grammar says; anything else is a
-    ValueError. Whitespace inside the text is left to the next test."""
+    """`^\\d+/(second|minute|hour|day)s?$`, case-insensitive, 1 <= N <= MAX_RATE_LIMIT,
+    whitespace only around the whole: an accepted text means what the grammar says;
+    anything else is a ValueError. Whitespace inside the text is left to the next test."""
     assume(not any(c in ASCII_SPACE for c in text.strip()))
     assert _parse(text) == _oracle(text)
 

@@ -37,8 +37,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call("ZREMRANGEBYSCORE", key, "-inf", now - window)
 local used = redis.call("ZCARD", key)
 if used >= limit then
-  local oldest = redis.call("ZRANGE", key, 0, 0, "WITHSCORES")
-  return {1, limit, window, 0, tonumber(oldest[2]) + window - now}
+  -- A slot frees when the (used - limit + 1)th oldest entry leaves the window (more than
+  -- `limit` entries remain when an admin has just lowered a user's limit).
+  local freeing = redis.call("ZRANGE", key, used - limit, used - limit, "WITHSCORES")
+  return {1, limit, window, 0, tonumber(freeing[2]) + window - now}
 end
 redis.call("ZADD", key, now, ARGV[6])
 redis.call("PEXPIRE", key, window)
