@@ -53,6 +53,7 @@ class Scripts:
     refresh: AsyncScript
     create_user: AsyncScript
     update_user: AsyncScript
+    rehash: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
@@ -61,6 +62,7 @@ class Scripts:
             refresh=client.register_script(_lua("refresh.lua")),
             create_user=client.register_script(_lua("create_user.lua")),
             update_user=client.register_script(_lua("update_user.lua")),
+            rehash=client.register_script(_lua("rehash.lua")),
         )
 
 

@@ -149,9 +149,12 @@ class UserStore:
         updated = await self._scripts.update_user(keys=[user_key(username)], args=args)
         return bool(updated)
 
-    async def set_password_hash(self, username: str, password_hash: str) -> None:
-        """Store a rehash after login (same password, newer parameters): tokens stay valid."""
-        await self._scripts.update_user(keys=[user_key(username)], args=[0, "hash", password_hash])
+    async def store_rehash(self, user: User, new_hash: str) -> None:
+        """Store a rehash after login (same password, newer parameters): tokens stay valid.
+        Skipped if the password changed while this login was verifying the old one."""
+        await self._scripts.rehash(
+            keys=[user_key(user.username)], args=[user.password_hash, new_hash]
+        )
 
     async def revoke_tokens(self, username: str) -> bool:
         args: list[str | int] = [0, "token_version", new_token_version()]

@@ -64,7 +64,7 @@ async def login(
         request.state.auth_failure = "bad_credentials"
         raise _bad_credentials()
     if new_hash is not None:
-        await services.users.set_password_hash(user.username, new_hash)
+        await services.users.store_rehash(user, new_hash)
     request.state.user = user.username
     pair = services.tokens.issue_pair(user.username, user.scopes, user.token_version)
     return _token_response(response, pair)

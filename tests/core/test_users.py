@@ -1,0 +1,31 @@
+"""The users store: races that the HTTP tests cannot time."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.core.users import UserStore
+
+
+async def test_a_login_rehash_never_overwrites_a_newer_password(app: FastAPI) -> None:
+    store: UserStore = app.state.services.users
+    assert await store.create("rita", "old-password-123", frozenset({"predict"}))
+    seen_at_login = await store.get("rita")
+    assert seen_at_login is not None
+    await store.update("rita", password="new-password-456")  # lands while Argon2 runs
+    await store.store_rehash(seen_at_login, "$argon2id$rehash-of-the-old-password")
+    now = await store.get("rita")
+    assert now is not None
+    assert now.password_hash != "$argon2id$rehash-of-the-old-password"
+    assert (await store.hasher.verify("new-password-456", now.password_hash))[0]
+
+
+async def test_a_login_rehash_is_stored_when_nothing_changed(app: FastAPI) -> None:
+    store: UserStore = app.state.services.users
+    assert await store.create("sam", "old-password-123", frozenset())
+    user = await store.get("sam")
+    assert user is not None
+    await store.store_rehash(user, "$argon2id$rehashed")
+    stored = await store.get("sam")
+    assert stored is not None
+    assert stored.password_hash == "$argon2id$rehashed"
