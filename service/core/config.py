@@ -210,7 +210,21 @@ class Settings(BaseSettings):
             secret = SecretStr(_read_secret_file(path, f"{name.upper()}_FILE"))
             object.__setattr__(self, name, secret)
         self._check_signing_keys()
+        self._check_admin()
         return self
+
+    def _check_admin(self) -> None:
+        """The bootstrap admin follows the rules of every other user."""
+        from service.core.users import check_password, normalize_username  # imports config
+
+        if self.admin_username is None:
+            return
+        try:
+            normalize_username(self.admin_username)
+            if self.admin_password is not None:
+                check_password(self.admin_username, self.admin_password.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"ADMIN_USERNAME/ADMIN_PASSWORD: {exc}") from None
 
     def _check_signing_keys(self) -> None:
         if self.jwt_algorithm != "HS256":

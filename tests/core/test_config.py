@@ -171,3 +171,16 @@ def test_configuration_errors_are_one_line_without_values() -> None:
     assert lines[0].startswith("invalid configuration: RATE_LIMIT_LOGIN: invalid rate")
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "message"),
+    [
+        ("admin", "short", "12 to 1024 characters"),
+        ("a b", "long-enough-password", "username must be"),
+        ("administrator1", "ADMINISTRATOR1", "must not be the username"),
+    ],
+)
+def test_bootstrap_admin_follows_the_user_rules(username: str, password: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        build(jwt_secret=GOOD_SECRET, admin_username=username, admin_password=password)
