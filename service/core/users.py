@@ -16,7 +16,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.core.config import RateSpec
-from service.core.redis import USERS_SET, Scripts, user_key
+from service.core.redis import USERS_SET, Scripts, rate_key, user_key
 from service.core.security import PasswordHasher
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
@@ -162,7 +162,9 @@ class UserStore:
 
     async def delete(self, username: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
+            # Its quota too: a user created later under the same name starts afresh.
             pipe.delete(user_key(username))
+            pipe.delete(rate_key("predict", username))
             pipe.srem(USERS_SET, username)
-            deleted, _ = await pipe.execute()
+            deleted, _, _ = await pipe.execute()
         return bool(deleted)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from service.api.deps import CurrentUser, ServicesDep, limit_login, limit_public
+from service.api.deps import CurrentUser, RedisDep, ServicesDep, limit_login, limit_public
 from service.api.schemas import LogoutRequest, RefreshRequest, TokenResponse
 from service.core.errors import invalid_token
 from service.core.redis import revoked_key, used_refresh_key, user_key
@@ -99,10 +99,10 @@ async def refresh(
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
-    user: CurrentUser, services: ServicesDep, body: LogoutRequest | None = None
+    user: CurrentUser, services: ServicesDep, redis: RedisDep, body: LogoutRequest | None = None
 ) -> Response:
     """Revoke the presented access token, and the refresh token if one is given, until expiry."""
-    async with services.redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.set(revoked_key(user.claims.jti), "1", px=user.claims.remaining_ms())
         if body is not None and body.refresh_token is not None:
             try:

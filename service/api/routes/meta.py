@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from service.api.deps import ServicesDep, limit_public
+from service.api.deps import RedisDep, SettingsDep, limit_public
 from service.api.schemas import HealthOut, MessageOut, ReadyOut
 from service.core.metrics import count_redis_error
 
@@ -31,12 +31,12 @@ async def healthz() -> HealthOut:
     response_model=ReadyOut,
     responses={503: {"description": "Redis unreachable or model not loaded"}},
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: take this instance out of the load balancer while it cannot serve."""
-    checks = {"model": "ok" if services.predictor is not None else "not loaded"}
+async def readyz(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness: take this instance out of the load balancer while it cannot serve. The
+    model is loaded before the app starts serving at all, so Redis is what can fail."""
+    checks = {"model": "ok"}
     try:
-        timeout = services.settings.redis_socket_timeout
-        await asyncio.wait_for(services.redis.ping(), timeout=timeout)
+        await asyncio.wait_for(redis.ping(), timeout=settings.redis_socket_timeout)
         checks["redis"] = "ok"
     except (RedisError, OSError, TimeoutError) as exc:
         count_redis_error(exc)

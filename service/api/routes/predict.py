@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CurrentUser, PredictUser, ServicesDep
+from service.api.deps import CurrentUser, PredictUser, ServicesDep, SettingsDep
 from service.api.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
@@ -74,9 +74,9 @@ async def predict(body: PredictRequest, _: PredictUser, services: ServicesDep) -
 
 @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_LIMITED)
 async def predict_batch(
-    body: BatchPredictRequest, _: PredictUser, services: ServicesDep
+    body: BatchPredictRequest, _: PredictUser, services: ServicesDep, settings: SettingsDep
 ) -> Response:
-    limit = services.settings.max_batch_size
+    limit = settings.max_batch_size
     if len(body.instances) > limit:
         raise RequestValidationError(
             [

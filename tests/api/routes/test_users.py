@@ -141,3 +141,16 @@ async def test_existing_admin_is_never_overwritten(
     async with other.router.lifespan_context(other):
         pass
     await login(client, "admin", "admin-password-for-tests")
+
+
+async def test_a_recreated_user_starts_with_a_fresh_quota(
+    client: httpx.AsyncClient,
+    user_headers: dict[str, str],
+    admin_headers: dict[str, str],
+    redis: Redis,
+) -> None:
+    body = {"data": [5.1, 3.5, 1.4, 0.2]}
+    assert (await client.post("/predict", json=body, headers=user_headers)).status_code == 200
+    assert await redis.exists("sma:rl:predict:alice")
+    assert (await client.delete("/users/alice", headers=admin_headers)).status_code == 204
+    assert not await redis.exists("sma:rl:predict:alice")
