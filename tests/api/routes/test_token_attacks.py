@@ -72,6 +72,17 @@ async def assert_refused(client: httpx.AsyncClient, token: str) -> None:
         assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+async def assert_session_dead_but_login_works(
+    client: httpx.AsyncClient, tokens: dict[str, Any]
+) -> None:
+    """Both tokens of the old session are refused; a new login gets a working token."""
+    await assert_refused(client, tokens["access_token"])
+    refresh = await client.post("/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refresh.status_code == 401
+    fresh = await login(client, "alice", "user-password-for-tests")
+    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
+
+
 async def test_forged_token_with_real_key_is_accepted(
     client: httpx.AsyncClient, settings: Settings, version: str
 ) -> None:
@@ -198,13 +209,7 @@ async def test_disable_then_enable_does_not_revive_tokens(
 ) -> None:
     await client.patch("/users/alice", json={"disabled": True}, headers=admin_headers)
     await client.patch("/users/alice", json={"disabled": False}, headers=admin_headers)
-    await assert_refused(client, user_tokens["access_token"])
-    refresh = await client.post(
-        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
-    )
-    assert refresh.status_code == 401
-    fresh = await login(client, "alice", "user-password-for-tests")
-    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
+    await assert_session_dead_but_login_works(client, user_tokens)
 
 
 async def test_deleted_user(
@@ -221,13 +226,7 @@ async def test_revoke_tokens(
 ) -> None:
     response = await client.post("/users/alice/revoke-tokens", headers=admin_headers)
     assert response.status_code == 204
-    await assert_refused(client, user_tokens["access_token"])
-    refresh = await client.post(
-        "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
-    )
-    assert refresh.status_code == 401
-    fresh = await login(client, "alice", "user-password-for-tests")
-    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
+    await assert_session_dead_but_login_works(client, user_tokens)
 
 
 async def test_missing_scope_is_403(
