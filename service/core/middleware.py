@@ -20,18 +20,15 @@ from service.core.ratelimit import RATELIMIT_STATE
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+async def _send_json(send: Send, status: int, body: bytes, *, close: bool = True) -> None:
+    """A whole JSON answer from middleware; `close` when the request body was left unread."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -232,14 +229,4 @@ def _route(scope: Scope) -> str:
 
 async def _send_internal_error(send: Send, request_id: str) -> None:
     body = orjson.dumps({"detail": "Internal server error", "request_id": request_id})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, 500, body, close=False)
