@@ -314,7 +314,7 @@ def up(args: argparse.Namespace) -> int:
         env.pop("REDIS_PASSWORD", None)
         env["REDIS_PASSWORD_FILE"] = str(layout.redis_password)
     # A bad setting stops here, with the app's own message, rather than in a restart loop.
-    check = "from service.core.config import load_settings; load_settings()"
+    check = "from service.infra.config import load_settings; load_settings()"
     if subprocess.run([sys.executable, "-c", check], cwd=layout.dir, env=env).returncode:
         sys.exit("the API settings are invalid (see above); nothing was started")
     _nginx_files(layout, args.port, api_ports)

@@ -4,7 +4,7 @@ Everything comes from the same Settings as the app, so a bad variable stops the 
 before it forks. Start with: gunicorn -c deploy/gunicorn.conf.py 'service.main:create_app()'
 
 Logs: `logconfig_dict` gives gunicorn's, uvicorn's and the app's loggers one stderr handler
-with the service's formatter (JSON unless LOG_FORMAT=text); see service/core/logs.py.
+with the service's formatter (JSON unless LOG_FORMAT=text); see service/infra/logs.py.
 
 Metrics: the workers share prometheus_client's multiprocess directory, which must hold only
 this run's files. PROMETHEUS_MULTIPROC_DIR names it (the image, Compose, Kubernetes and
@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.core.config import load_settings
-from service.core.logs import logging_config
+from service.infra.config import load_settings
+from service.infra.logs import logging_config
 
 _settings = load_settings()
 

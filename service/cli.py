@@ -15,15 +15,9 @@ import getpass
 import sys
 from collections.abc import Sequence
 
-from service.core.config import Settings, load_settings
-from service.core.redis import Scripts, create_redis
-from service.core.security import PasswordHasher
-from service.core.users import (
-    UserStore,
-    check_password,
-    check_scopes,
-    normalize_username,
-)
+from service.auth.rules import check_password, check_scopes, normalize_username
+from service.infra.config import Settings, load_settings
+from service.runtime import Runtime
 
 
 def _read_password(username: str) -> str:
@@ -62,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    redis = create_redis(settings)
-    store = UserStore(redis, Scripts.register(redis), PasswordHasher(settings))
+    runtime = Runtime.open(settings, with_model=False)
+    store = runtime.users
     try:
         if args.command == "list":
             for user in await store.list():
@@ -84,14 +78,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "revoke-tokens":
             done = await store.revoke_tokens(username)
         else:
-            done = await store.delete(username)
+            done = await runtime.delete_user(username)
         if not done:
             print(f"no user named {username!r}", file=sys.stderr)
             return 1
         print(f"{args.command}: {username}")
         return 0
     finally:
-        await redis.aclose()
+        await runtime.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""The app factory: `create_app(settings)` builds an app; the lifespan opens Redis, loads the
-model and ensures the admin user in each worker, and closes what it opened.
+"""The app factory: `create_app(settings)` builds an app; its lifespan opens the worker's
+`Runtime` (Redis, the verified model, the stores) and ensures the admin user, and closes
+what it opened.
 
 Run it with gunicorn: `gunicorn -c deploy/gunicorn.conf.py 'service.main:create_app()'`.
 """
@@ -14,84 +15,76 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.routes import auth, meta, predict, users
-from service.core import metrics
-from service.core.config import Settings, load_settings
-from service.core.errors import install_error_handlers
-from service.core.logs import configure_logging
-from service.core.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
-from service.core.redis import Scripts, create_redis
-from service.core.security import PasswordHasher, TokenService
-from service.core.users import UserStore, normalize_username
-from service.ml.artifact import load_model
-from service.services import Limits, Services
+from service.infra import metrics
+from service.infra.config import Settings, load_settings
+from service.infra.errors import install_error_handlers
+from service.infra.logs import configure_logging
+from service.infra.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
+from service.ml.artifact import ArtifactError, read_manifest
+from service.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
-Iris species from four flower measurements (centimetres), for authenticated clients.
+{name}: predicts {classes} from {features}, for authenticated clients.
 
 Log in with **Authorize** (OAuth2 password flow), then call `POST /predict`.
 """
 
 
-async def _ensure_admin(settings: Settings, store: UserStore) -> None:
-    if not settings.admin_username or settings.admin_password is None:
-        return
-    username = normalize_username(settings.admin_username)
-    password = settings.admin_password.get_secret_value()
-    if await store.get(username) is not None:
-        return
-    if await store.create(username, password, frozenset({"admin", "predict"})):
-        logger.info("created admin user %r", username)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    predictor = load_model(settings.model_dir)
-    redis = create_redis(settings)
-    scripts = Scripts.register(redis)
-    hasher = PasswordHasher(settings)
-    users = UserStore(redis, scripts, hasher)
-    services = Services(
-        settings=settings,
-        redis=redis,
-        scripts=scripts,
-        tokens=TokenService(settings),
-        users=users,
-        limits=Limits.build(settings, scripts),
-        predictor=predictor,
-    )
-    app.state.services = services
+    runtime = Runtime.open(app.state.settings)
+    served = runtime.predictor.manifest
+    if served != app.state.manifest:
+        await runtime.close()
+        raise ArtifactError(
+            f"the model changed while the app started ({app.state.manifest.version} -> "
+            f"{served.version}): restart to serve the new one"
+        )
+    app.state.runtime = runtime
     try:
-        await _ensure_admin(settings, users)
+        await runtime.ensure_admin()
         # The model and libraries leave ~150k long-lived objects: freeze them so that full
         # collections stop rescanning them (they caused the p99 tail).
         gc.collect()
         gc.freeze()
-        version = predictor.manifest.version
-        metrics.MODEL_INFO.labels(version).set(1)
-        logger.info("ready: model %s", version, extra={"fields": {"model_version": version}})
+        metrics.MODEL_INFO.labels(served.version).set(1)
+        logger.info(
+            "ready: model %s", served.version, extra={"fields": {"model_version": served.version}}
+        )
         yield
     finally:
-        await services.aclose()
+        await runtime.close()
         logger.info("stopped")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
+    manifest = read_manifest(settings.model_dir)
     app = FastAPI(
         title="secure-ml-api",
         version="0.1.0",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(
+            name=manifest.name,
+            classes=", ".join(manifest.class_names),
+            features=", ".join(manifest.feature_names),
+        ),
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.settings = settings
+    app.state.manifest = manifest
     install_error_handlers(app)
-    for module in (meta, auth, users, predict, metrics):
-        app.include_router(module.router)
+    for router in (
+        meta.router,
+        auth.router,
+        users.router,
+        predict.build_router(manifest),
+        metrics.router,
+    ):
+        app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it sees (and labels, logs and heads) every answer.
     docs = (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from sklearn.datasets import load_iris
 
 from service.ml.artifact import load_model
+from service.ml.predictor import ForestPredictor
 from service.ml.train import train
 
 REPEATS = 7
@@ -51,6 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train(Path(tmp))
         predictor = load_model(Path(tmp))
+    assert isinstance(predictor, ForestPredictor)
 
     print(f"model {predictor.manifest.version}, {len(predictor.estimator.estimators_)} trees")
     print(f"{'rows':>6}  {'sklearn predict_proba':>22}  {'fast path':>10}  {'speed-up':>8}")

@@ -1,1 +1,1 @@
-"""HTTP layer: routers, dependencies and schemas."""
+"""The HTTP layer: routers, request and response schemas, dependencies."""

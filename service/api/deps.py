@@ -1,52 +1,51 @@
 """Dependencies, declared once as `Annotated` aliases so a route signature says what it needs.
 
 Token checks are split so that the hot path pays one Redis round trip: decoding and scope
-checks are pure CPU; the revocation and user-state check then runs either alone
-(`CurrentUser`) or inside the rate-limit script (`PredictUser`).
+checks are pure CPU; the token's state is then checked by the gate either alone
+(`CurrentUser`) or inside the per-user rate count (`PredictUser`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import OAuth2PasswordBearer
-from redis.asyncio import Redis
 
-from service.core.config import Settings
-from service.core.errors import insufficient_scope, invalid_token, missing_token
-from service.core.ratelimit import GateStatus, refuse_token, run_gate
-from service.core.security import InvalidTokenError, TokenClaims
-from service.services import Services
+from service.auth.scopes import Scope
+from service.auth.tokens import InvalidTokenError, TokenClaims
+from service.infra.config import Settings
+from service.infra.context import request_context
+from service.infra.errors import insufficient_scope, invalid_token, missing_token
+from service.limits.gate import GateStatus
+from service.limits.limiter import refuse_token
+from service.limits.policies import PREDICT, Policy
+from service.runtime import Runtime
 
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl="token",
-    scopes={"predict": "Call the prediction routes", "admin": "Manage users"},
+    scopes={scope.value: scope.description for scope in Scope},
     auto_error=False,
 )
 
 
 # Every dependency is `async def`: FastAPI runs a plain `def` one in the thread pool, which
 # cost a thread hand-off per request (a third of the worker's CPU on the prediction path).
-async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
-async def get_redis(services: ServicesDep) -> Redis:
-    return services.redis
+async def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,48 +53,46 @@ class Principal:
     """The authenticated caller of this request."""
 
     username: str
-    scopes: frozenset[str]
+    scopes: frozenset[Scope]
     claims: TokenClaims
 
 
 async def access_claims(
-    request: Request,
-    services: ServicesDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
+    runtime: RuntimeDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> TokenClaims:
     """Verify the bearer token offline (signature, claims, use); no Redis yet."""
+    context = request_context()
     if token is None:
-        request.state.auth_failure = "missing"
+        context.auth_failure = "missing"
         raise missing_token()
     try:
-        claims = services.tokens.decode(token, "access")
+        claims = runtime.tokens.decode(token, "access")
     except InvalidTokenError as exc:
-        request.state.auth_failure = exc.reason
+        context.auth_failure = exc.reason
         raise invalid_token() from None
-    request.state.claims = claims
-    request.state.user = claims.subject
+    context.user = claims.subject
     return claims
 
 
 AccessClaims = Annotated[TokenClaims, Depends(access_claims)]
 
 
-async def current_user(request: Request, claims: AccessClaims, services: ServicesDep) -> Principal:
+async def current_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
     """A token that is valid now: not revoked, its user present, enabled and unchanged."""
-    decision = await run_gate(services.scripts, claims=claims)
-    if decision.status is not GateStatus.ADMITTED:
-        raise refuse_token(request, decision.status)
+    state = await runtime.gate.check_token(claims)
+    if state is not GateStatus.ADMITTED:
+        raise refuse_token(state)
     return Principal(claims.subject, claims.scopes, claims)
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
-async def admin_user(request: Request, claims: AccessClaims, services: ServicesDep) -> Principal:
+async def admin_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
     """A revoked token is a 401 whatever its scopes; only a valid one can be a 403."""
-    principal = await current_user(request, claims, services)
-    if "admin" not in claims.scopes:
-        raise insufficient_scope("admin")
+    principal = await current_user(claims, runtime)
+    if Scope.ADMIN not in claims.scopes:
+        raise insufficient_scope(Scope.ADMIN)
     return principal
 
 
@@ -103,24 +100,25 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 
 
 async def predict_user(
-    request: Request, response: Response, claims: AccessClaims, services: ServicesDep
+    request: Request, response: Response, claims: AccessClaims, runtime: RuntimeDep
 ) -> Principal:
     """Token state and the per-user rate limit in one Redis round trip. Without the scope,
     the state is checked alone (a revoked token is a 401, not a 403) and nothing is counted."""
-    if "predict" not in claims.scopes:
-        await current_user(request, claims, services)
-        raise insufficient_scope("predict")
-    await services.limits.predict(request, response)
+    if Scope.PREDICT not in claims.scopes:
+        await current_user(claims, runtime)
+        raise insufficient_scope(Scope.PREDICT)
+    await runtime.limits[PREDICT](request, response, claims)
     return Principal(claims.subject, claims.scopes, claims)
 
 
 PredictUser = Annotated[Principal, Depends(predict_user)]
 
 
-async def limit_public(request: Request, response: Response, services: ServicesDep) -> None:
-    await services.limits.public(request, response)
+def rate_limit(policy: Policy) -> Callable[[Request, Response, Runtime], Awaitable[None]]:
+    """The dependency that counts a request against `policy`:
+    `dependencies=[Depends(rate_limit(PUBLIC))]`."""
 
+    async def count(request: Request, response: Response, runtime: RuntimeDep) -> None:
+        await runtime.limits[policy](request, response)
 
-async def limit_login(request: Request, response: Response, services: ServicesDep) -> None:
-    await services.limits.login_ip(request, response)
-    await services.limits.login(request, response)
+    return count

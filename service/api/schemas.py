@@ -1,42 +1,51 @@
 """Request and response bodies. Input is strict: no coercion from strings or booleans, no
-NaN or Infinity, no extra keys."""
+NaN or Infinity, no extra keys.
+
+The prediction bodies depend on the model: `PredictionSchemas.for_manifest` builds them from
+its manifest (row length, per-feature bounds, examples).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+)
 
-from service.core.config import RATE_PATTERN, RateSpec
-from service.core.users import (
+from service.auth.rules import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
     check_scopes,
 )
-
-FEATURE_MIN_CM = 0.0
-FEATURE_MAX_CM = 100.0
-
-Measurement = Annotated[
-    float,
-    Field(strict=True, ge=FEATURE_MIN_CM, le=FEATURE_MAX_CM, allow_inf_nan=False),
-]
-Row = Annotated[list[Measurement], Field(min_length=4, max_length=4)]
+from service.auth.scopes import Scope
+from service.limits.rates import RATE_PATTERN, Rate
+from service.ml.manifest import Feature, ModelManifest
 
 Username = Annotated[
     str, StringConstraints(pattern=USERNAME_PATTERN), AfterValidator(lambda v: v.lower())
 ]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)]
-Scope = Literal["predict", "admin"]
+# JSON has no enums: a scope arrives as its name (strict mode would want a `Scope` object).
+ScopeName = Annotated[Scope, Field(strict=False)]
 Scopes = Annotated[
-    list[Scope], Field(max_length=8), AfterValidator(lambda v: sorted(check_scopes(v)))
+    list[ScopeName], Field(max_length=8), AfterValidator(lambda v: sorted(check_scopes(v)))
 ]
 
 
 def _rate(value: str) -> str:
-    RateSpec.parse(value)
+    Rate.parse(value)
     return value
 
 
@@ -46,27 +55,9 @@ RateText = Annotated[
     AfterValidator(_rate),
 ]
 
-EXAMPLE_ROW: list[JsonValue] = [5.1, 3.5, 1.4, 0.2]
-
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class PredictRequest(StrictModel):
-    """One flower: sepal length, sepal width, petal length, petal width, in centimetres."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": EXAMPLE_ROW}]})
-
-    data: Row
-
-
-class BatchPredictRequest(StrictModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"instances": [EXAMPLE_ROW, [6.7, 3.0, 5.2, 2.3]]}]}
-    )
-
-    instances: Annotated[list[Row], Field(min_length=1)]
 
 
 class Prediction(BaseModel):
@@ -76,25 +67,84 @@ class Prediction(BaseModel):
 
 
 class PredictResponse(Prediction):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "prediction": 0,
-                    "label": "setosa",
-                    "probabilities": {"setosa": 1.0, "versicolor": 0.0, "virginica": 0.0},
-                    "model_version": "iris-rf-0123456789ab",
-                }
-            ]
-        }
-    )
-
     model_version: str
 
 
 class BatchPredictResponse(BaseModel):
     predictions: list[Prediction]
     model_version: str
+
+
+def _row_type(features: list[Feature]) -> Any:
+    """A list of exactly one finite number per feature, each within its feature's bounds.
+
+    Validated as a list, so a wrong length is one error at the row; documented per position.
+    """
+    low = min(feature.minimum for feature in features)
+    high = max(feature.maximum for feature in features)
+    value = Annotated[float, Field(strict=True, ge=low, le=high, allow_inf_nan=False)]
+    positions = tuple(
+        Annotated[float, Field(ge=f.minimum, le=f.maximum, title=f.name, description=f.unit)]
+        for f in features
+    )
+    schema = TypeAdapter(tuple[positions]).json_schema()  # type: ignore[valid-type]
+    metadata: list[Any] = [
+        Field(min_length=len(features), max_length=len(features)),
+        WithJsonSchema(schema),
+    ]
+    if any(f.minimum != low or f.maximum != high for f in features):
+        metadata.append(AfterValidator(_per_feature_bounds(features)))
+    return Annotated[(list[value], *metadata)]
+
+
+def _per_feature_bounds(features: list[Feature]) -> Any:
+    bounds = [(f.name, f.minimum, f.maximum) for f in features]
+
+    def check(row: list[float]) -> list[float]:
+        for (name, low, high), value in zip(bounds, row, strict=True):
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low:g} and {high:g}")
+        return row
+
+    return check
+
+
+def example_row(manifest: ModelManifest) -> list[float]:
+    """A valid row for the OpenAPI examples: the manifest's own, or each feature's midpoint."""
+    if manifest.example is not None:
+        return list(manifest.example)
+    return [round((f.minimum + f.maximum) / 2, 3) for f in manifest.features]
+
+
+def _strict_config(example: JsonValue) -> ConfigDict:
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [example]})
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionSchemas:
+    """The prediction request bodies for one model, built from its manifest."""
+
+    request: type[BaseModel]
+    batch_request: type[BaseModel]
+
+    @classmethod
+    def for_manifest(cls, manifest: ModelManifest) -> PredictionSchemas:
+        row = _row_type(manifest.features)
+        names = ", ".join(manifest.feature_names)
+        first: list[JsonValue] = list(example_row(manifest))
+        request = create_model(
+            "PredictRequest",
+            __config__=_strict_config({"data": first}),
+            __doc__=f"One row: {names}.",
+            data=(row, ...),
+        )
+        batch = create_model(
+            "BatchPredictRequest",
+            __config__=_strict_config({"instances": [first, first]}),
+            __doc__=f"Rows, each of {names}.",
+            instances=(Annotated[list[row], Field(min_length=1)], ...),  # type: ignore[valid-type]
+        )
+        return cls(request, batch)
 
 
 class TokenResponse(BaseModel):
@@ -113,7 +163,7 @@ class LogoutRequest(StrictModel):
 
 
 def _default_scopes() -> list[Scope]:
-    return ["predict"]
+    return [Scope.PREDICT]
 
 
 class UserCreate(StrictModel):
@@ -169,8 +219,10 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    name: str
     version: str
     sha256: str
+    features: list[Feature]
     feature_names: list[str]
     class_names: list[str]
     metrics: dict[str, Any]

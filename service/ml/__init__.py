@@ -1,1 +1,1 @@
-"""Model lifecycle kept apart from the web layer: training, verified loading, fast inference."""
+"""The model: its manifest, the predictor that serves it, training and verified loading."""

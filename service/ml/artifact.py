@@ -17,52 +17,13 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from sklearn.ensemble import RandomForestClassifier
 
-from service.ml.inference import Predictor
-
-FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-CLASS_NAMES: tuple[str, ...] = ("setosa", "versicolor", "virginica")
-
-MODEL_FILE = "model.joblib"
-MANIFEST_FILE = "model.json"
-VERSION_PREFIX = "iris-rf-"
-REQUIRED_METRICS = frozenset({"accuracy", "n_train", "n_test"})
+from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from service.ml.predictor import ForestPredictor, Predictor
 
 _CHUNK_BYTES = 1 << 20
-
-
-def version_for(sha256: str) -> str:
-    """Name a model by its bytes, so equal versions mean identical models."""
-    return VERSION_PREFIX + sha256[:12]
-
-
-class ModelManifest(BaseModel):
-    """What was trained, how, and the digest that pins the pickle it describes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    version: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    sklearn_version: str
-    numpy_version: str
-    joblib_version: str
-    python_version: str
-    feature_names: list[str]
-    class_names: list[str] = Field(min_length=2)
-    hyperparameters: dict[str, Any]
-    metrics: dict[str, float]
-    trained_at: AwareDatetime
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelManifest:
-        if self.version != version_for(self.sha256):
-            raise ValueError(f"version {self.version!r} does not match sha256 {self.sha256}")
-        missing = REQUIRED_METRICS - self.metrics.keys()
-        if missing:
-            raise ValueError(f"metrics lack {', '.join(sorted(missing))}")
-        return self
 
 
 class ArtifactError(Exception):
@@ -72,18 +33,28 @@ class ArtifactError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+def _retrain(model_dir: Path) -> str:
+    return f"run `make model` or `python -m service.ml.train --out {model_dir}`"
+
+
+def read_manifest(model_dir: Path) -> ModelManifest:
+    """The manifest in ``model_dir``: what the model takes and answers (no unpickling)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ArtifactError(f"model directory not found at {model_dir}: {_retrain(model_dir)}")
+    return _read_manifest(model_dir / MANIFEST_FILE, _retrain(model_dir))
+
+
 def load_model(model_dir: Path) -> Predictor:
     """Verify the artifact in ``model_dir`` against its manifest, then load it."""
     model_dir = Path(model_dir)
-    retrain = f"run `make model` or `python -m service.ml.train --out {model_dir}`"
-    if not model_dir.is_dir():
-        raise ArtifactError(f"model directory not found at {model_dir}: {retrain}")
-    manifest = _read_manifest(model_dir / MANIFEST_FILE, retrain)
+    retrain = _retrain(model_dir)
+    manifest = read_manifest(model_dir)
     payload = _read_verified(model_dir / MODEL_FILE, manifest, retrain)
     estimator = _unpickle(model_dir / MODEL_FILE, payload, retrain)
     _check_estimator(model_dir / MODEL_FILE, estimator, manifest, retrain)
     try:
-        return Predictor(manifest, estimator)
+        return ForestPredictor(manifest, estimator)
     except ValueError as exc:
         raise ArtifactError(
             f"model artifact {model_dir / MODEL_FILE} is unusable: {exc}: {retrain}"
@@ -108,11 +79,6 @@ def _read_manifest(path: Path, retrain: str) -> ModelManifest:
             f"invalid model manifest {path} ({exc.error_count()} error(s), first at {where}: "
             f"{first['msg']}): {retrain}"
         ) from None
-    if manifest.feature_names != list(FEATURE_NAMES):
-        raise ArtifactError(
-            f"model manifest {path} declares features {manifest.feature_names}, "
-            f"the service expects {list(FEATURE_NAMES)}: {retrain}"
-        )
     return manifest
 
 
@@ -159,8 +125,11 @@ def _check_estimator(path: Path, estimator: Any, manifest: ModelManifest, retrai
             f"not a fitted RandomForestClassifier: {retrain}"
         )
     problems = []
-    if estimator.n_features_in_ != len(FEATURE_NAMES):
-        problems.append(f"{estimator.n_features_in_} features instead of {len(FEATURE_NAMES)}")
+    if estimator.n_features_in_ != len(manifest.features):
+        problems.append(
+            f"{estimator.n_features_in_} features but its manifest declares "
+            f"{len(manifest.features)}"
+        )
     if estimator.n_outputs_ != 1:
         problems.append(f"{estimator.n_outputs_} outputs instead of 1")
     elif not np.array_equal(estimator.classes_, np.arange(len(manifest.class_names))):

@@ -24,14 +24,14 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
-from service.ml.artifact import (
-    FEATURE_NAMES,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ModelManifest,
-    version_for,
-)
+from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, Feature, ModelManifest, version_for
 
+MODEL_NAME = "iris-rf"
+FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+CLASS_NAMES: tuple[str, ...] = ("setosa", "versicolor", "virginica")
+# The physical range the API accepts for every measurement, in centimetres: wide enough for
+# any real flower, narrow enough to refuse garbage.
+FEATURE_RANGE_CM = (0.0, 100.0)
 TEST_SIZE = 0.25
 _JSON_SCALARS = (bool, int, float, str)
 
@@ -55,14 +55,19 @@ def train(out_dir: Path, seed: int = 42) -> ModelManifest:
     payload = buffer.getvalue()
     sha256 = hashlib.sha256(payload).hexdigest()
     manifest = ModelManifest(
-        version=version_for(sha256),
+        name=MODEL_NAME,
+        version=version_for(MODEL_NAME, sha256),
         sha256=sha256,
         sklearn_version=sklearn.__version__,
         numpy_version=np.__version__,
         joblib_version=joblib.__version__,
         python_version=platform.python_version(),
-        feature_names=list(FEATURE_NAMES),
+        features=[
+            Feature(name=name, minimum=FEATURE_RANGE_CM[0], maximum=FEATURE_RANGE_CM[1], unit="cm")
+            for name in FEATURE_NAMES
+        ],
         class_names=[str(name) for name in dataset.target_names],
+        example=[float(value) for value in dataset.data[0]],
         hyperparameters={
             key: value
             for key, value in estimator.get_params().items()

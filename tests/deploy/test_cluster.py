@@ -19,26 +19,21 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import PREDICT_LIMIT, WORKERS, Cluster
+from tests.support.auth import bearer, login
 
 pytestmark = pytest.mark.slow
 
 SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
 
 
-async def login(http: httpx.AsyncClient, base: str, username: str, password: str) -> str:
-    response = await http.post(base + "/token", data={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
+async def access_token(http: httpx.AsyncClient, base: str, username: str, password: str) -> str:
+    token: str = (await login(http, username, password, base=base))["access_token"]
     return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def new_user(http: httpx.AsyncClient, cluster: Cluster) -> tuple[str, str]:
     """A fresh predict user, created through the load balancer by the admin."""
-    admin = await login(http, cluster.url, cluster.admin_username, cluster.admin_password)
+    admin = await access_token(http, cluster.url, cluster.admin_username, cluster.admin_password)
     username, password = f"user{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     body = {"username": username, "password": password, "scopes": ["predict"]}
     response = await http.post(cluster.url + "/users", json=body, headers=bearer(admin))
@@ -72,7 +67,7 @@ async def test_token_from_one_instance_works_on_all(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     username, password = await new_user(http, cluster)
-    token = await login(http, cluster.instances[0], username, password)
+    token = await access_token(http, cluster.instances[0], username, password)
 
     urls = [base + "/users/me" for base in (*cluster.instances, cluster.url)]
     assert await statuses(http, urls, token) == [200] * len(urls)
@@ -82,7 +77,7 @@ async def test_logout_through_one_instance_is_refused_by_all(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     username, password = await new_user(http, cluster)
-    token = await login(http, cluster.instances[0], username, password)
+    token = await access_token(http, cluster.instances[0], username, password)
 
     response = await http.post(cluster.instances[1] + "/logout", headers=bearer(token))
     assert response.status_code == 204
@@ -95,7 +90,7 @@ async def test_rate_limit_holds_exactly_across_instances(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     username, password = await new_user(http, cluster)
-    token = await login(http, cluster.url, username, password)
+    token = await access_token(http, cluster.url, username, password)
     targets = itertools.cycle((*cluster.instances, cluster.url))
 
     responses = await asyncio.gather(
@@ -153,7 +148,7 @@ def _children(pid: int) -> list[int]:
 
 async def _load_user_token(http: httpx.AsyncClient, cluster: Cluster) -> str:
     username, password = await new_user(http, cluster)
-    return await login(http, cluster.url, username, password)
+    return await access_token(http, cluster.url, username, password)
 
 
 async def test_sigkill_of_one_instance_under_load_gives_clients_no_errors(
@@ -202,7 +197,7 @@ async def test_redis_restart_revives_no_revoked_token_and_loses_no_user(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
     username, password = await new_user(http, cluster)
-    revoked = await login(http, cluster.url, username, password)
+    revoked = await access_token(http, cluster.url, username, password)
     response = await http.post(cluster.url + "/logout", headers=bearer(revoked))
     assert response.status_code == 204
 
@@ -215,5 +210,5 @@ async def test_redis_restart_revives_no_revoked_token_and_loses_no_user(
     # Every worker of every instance, not just one, has to see the restarted Redis.
     urls = [base + "/users/me" for base in (*cluster.instances, cluster.url)] * 4
     assert await settled_statuses(http, urls, revoked) == [401] * len(urls)
-    fresh = await login(http, cluster.url, username, password)
+    fresh = await access_token(http, cluster.url, username, password)
     assert await settled_statuses(http, urls, fresh) == [200] * len(urls)

@@ -21,10 +21,10 @@ import redis as sync_redis
 from fastapi import FastAPI
 from schemathesis.python import asgi
 
-from service.core.config import Settings
+from service.infra.config import Settings
 from service.main import create_app
-from tests.conftest import make_settings
 from tests.support.processes import RedisProcess
+from tests.support.settings import make_settings
 
 # A Redis database of its own: the rest of the suite flushes database 0 per test.
 FUZZ_REDIS_DB = 9
@@ -64,10 +64,6 @@ def fuzz_hypothesis_settings(examples: int | None = None) -> hypothesis.settings
     )
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
 def fuzz_settings(redis_server: RedisProcess, model_dir: Path) -> Settings:
     url = redis_server.url.rsplit("/", 1)[0] + f"/{FUZZ_REDIS_DB}"
@@ -105,10 +101,3 @@ def api(fuzz_app: FastAPI) -> Iterator[asgi.ASGIClient]:
     with asgi.get_client(cast(Any, fuzz_app)) as client:
         yield client
     asgi.shutdown_lifespans()
-
-
-def login(api: asgi.ASGIClient, username: str, password: str) -> dict[str, Any]:
-    response = api.post("/token", data={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    tokens: dict[str, Any] = response.json()
-    return tokens

@@ -9,7 +9,6 @@ ones accepted, except for the one rule JSON Schema cannot state (UNDECLARED_RULE
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -20,16 +19,23 @@ from schemathesis import Case, CheckContext, Response, checks
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.python import asgi
 
-from service.core.redis import USERS_SET, user_key
+from service.infra.keys import USERS_SET, user_key
 from service.main import create_app
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, USER_PASSWORD, make_settings
-from tests.fuzz.conftest import bearer, fuzz_hypothesis_settings, login
+from tests.fuzz.conftest import fuzz_hypothesis_settings
+from tests.support.auth import bearer, login_sync
+from tests.support.settings import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    USER_PASSWORD,
+    make_settings,
+    trained_model_dir,
+)
 
 # The schema is needed at import time (pytest parametrizes by operation before any fixture
 # runs), and building it needs no Redis: an app that is never started has the same routes.
 # schemathesis' fixture-based lazy schema is not an option: it reads `Node._nodeid`, which
 # pytest 9 removed. `test_schema_is_the_served_one` checks the two schemas are the same.
-_OFFLINE_APP = create_app(make_settings("redis://127.0.0.1:1/0", Path("unused")))
+_OFFLINE_APP = create_app(make_settings("redis://127.0.0.1:1/0", trained_model_dir()))
 OPENAPI: dict[str, Any] = _OFFLINE_APP.openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI)
 BASE_URL = "http://testserver"
@@ -142,7 +148,7 @@ class AdminSession:
         self.redis = redis
         self.record: Mapping[Any, Any] = redis.hgetall(user_key(ADMIN_USERNAME))
         assert self.record, "the lifespan did not create the admin"
-        self.token = login(api, ADMIN_USERNAME, ADMIN_PASSWORD)["access_token"]
+        self.token = login_sync(api, ADMIN_USERNAME, ADMIN_PASSWORD)["access_token"]
 
     def headers(self) -> dict[str, str]:
         with self.redis.pipeline() as pipe:
@@ -154,7 +160,7 @@ class AdminSession:
 
     def after(self, case: FuzzCase) -> None:
         if case.operation.path == "/logout":
-            self.token = login(self.api, ADMIN_USERNAME, ADMIN_PASSWORD)["access_token"]
+            self.token = login_sync(self.api, ADMIN_USERNAME, ADMIN_PASSWORD)["access_token"]
 
 
 @pytest.fixture(scope="module")

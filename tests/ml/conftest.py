@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.ml.artifact import ModelManifest, load_model
-from service.ml.inference import Predictor
+from service.ml.artifact import load_model
+from service.ml.manifest import ModelManifest
+from service.ml.predictor import ForestPredictor
 from service.ml.train import train
 
 SEED = 42
@@ -34,8 +35,10 @@ def manifest(trained: tuple[Path, ModelManifest]) -> ModelManifest:
 
 
 @pytest.fixture(scope="session")
-def predictor(artifact_dir: Path) -> Predictor:
-    return load_model(artifact_dir)
+def predictor(artifact_dir: Path) -> ForestPredictor:
+    loaded = load_model(artifact_dir)
+    assert isinstance(loaded, ForestPredictor)
+    return loaded
 
 
 @pytest.fixture

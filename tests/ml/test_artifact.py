@@ -18,15 +18,9 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from service.ml.artifact import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ArtifactError,
-    ModelManifest,
-    load_model,
-    version_for,
-)
-from service.ml.inference import Predictor
+from service.ml.artifact import ArtifactError, load_model
+from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, version_for
+from service.ml.predictor import ForestPredictor
 
 
 class _Payload:
@@ -50,7 +44,7 @@ def _replace_model(model_dir: Path, payload: bytes, *, update_manifest: bool) ->
     (model_dir / MODEL_FILE).write_bytes(payload)
     if update_manifest:
         sha = hashlib.sha256(payload).hexdigest()
-        _edit_manifest(model_dir, sha256=sha, version=version_for(sha))
+        _edit_manifest(model_dir, sha256=sha, version=version_for("iris-rf", sha))
 
 
 def _refusal(model_dir: Path) -> str:
@@ -63,7 +57,7 @@ def _refusal(model_dir: Path) -> str:
 
 def test_loads_a_trained_artifact(artifact_dir: Path, manifest: ModelManifest) -> None:
     predictor = load_model(artifact_dir)
-    assert isinstance(predictor, Predictor)
+    assert isinstance(predictor, ForestPredictor)
     assert predictor.manifest == manifest
     assert predictor.class_names == ("setosa", "versicolor", "virginica")
     assert isinstance(predictor.estimator, RandomForestClassifier)
@@ -114,9 +108,11 @@ def test_invalid_manifest(artifact_copy: Path, changes: dict[str, Any]) -> None:
     assert "invalid model manifest" in _refusal(artifact_copy)
 
 
-def test_manifest_with_other_features(artifact_copy: Path) -> None:
-    _edit_manifest(artifact_copy, feature_names=["a", "b", "c", "d"])
-    assert "the service expects" in _refusal(artifact_copy)
+def test_manifest_that_disagrees_with_the_model_on_features(artifact_copy: Path) -> None:
+    """The manifest states the API's contract; a model taking other inputs is refused."""
+    document = json.loads((artifact_copy / MANIFEST_FILE).read_text())
+    _edit_manifest(artifact_copy, features=document["features"][:3], example=None)
+    assert "4 features but its manifest declares 3" in _refusal(artifact_copy)
 
 
 def test_tampered_bytes(artifact_copy: Path) -> None:
@@ -178,7 +174,7 @@ WRONG_OBJECTS: dict[str, tuple[Callable[[], object], str]] = {
         "holds LogisticRegression",
     ),
     "unfitted": (RandomForestClassifier, "not a fitted RandomForestClassifier"),
-    "three-features": (lambda: _forest(_X[:, :3], _Y), "3 features instead of 4"),
+    "three-features": (lambda: _forest(_X[:, :3], _Y), "3 features but its manifest declares 4"),
     "two-classes": (lambda: _forest(_X[_Y < 2], _Y[_Y < 2]), "classes [0, 1] do not match"),
     "string-classes": (
         lambda: _forest(_X, np.array(["setosa", "versicolor", "virginica"])[_Y]),

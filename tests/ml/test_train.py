@@ -17,15 +17,9 @@ import pytest
 import sklearn
 from sklearn.datasets import load_iris
 
-from service.ml.artifact import (
-    CLASS_NAMES,
-    FEATURE_NAMES,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    ModelManifest,
-    load_model,
-)
-from service.ml.train import main, train
+from service.ml.artifact import load_model
+from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from service.ml.train import CLASS_NAMES, FEATURE_NAMES, main, train
 from tests.ml.conftest import SEED
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

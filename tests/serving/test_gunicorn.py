@@ -7,15 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory, login_http
-from tests.support.processes import RedisProcess
+from tests.support.auth import login_sync
+from tests.support.processes import GunicornFactory, RedisProcess
+from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME
 
 
 def test_prediction_over_real_http(
     gunicorn_factory: GunicornFactory, module_redis: RedisProcess
 ) -> None:
     server = gunicorn_factory(module_redis.url)
-    tokens = login_http(server.url, ADMIN_USERNAME, ADMIN_PASSWORD)
+    tokens = login_sync(httpx, ADMIN_USERNAME, ADMIN_PASSWORD, base=server.url)
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     response = httpx.post(
         f"{server.url}/predict", json={"data": [5.1, 3.5, 1.4, 0.2]}, headers=headers
@@ -54,7 +55,9 @@ def test_instances_starting_together_create_exactly_one_admin(
             for pw in passwords
         ]
         assert sorted(accepted) == [200, 401, 401]
-        admin = login_http(servers[1].url, ADMIN_USERNAME, passwords[accepted.index(200)])
+        admin = login_sync(
+            httpx, ADMIN_USERNAME, passwords[accepted.index(200)], base=servers[1].url
+        )
         users = httpx.get(
             f"{servers[2].url}/users", headers={"Authorization": f"Bearer {admin['access_token']}"}
         )

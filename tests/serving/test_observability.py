@@ -19,10 +19,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory
 from tests.support.auth_traffic import exercise_auth, find_leaks
-from tests.support.processes import GunicornProcess, RedisProcess
+from tests.support.processes import GunicornFactory, GunicornProcess, RedisProcess
 from tests.support.prom import value
+from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME
 
 pytestmark = pytest.mark.slow
 

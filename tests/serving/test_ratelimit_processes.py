@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, GunicornFactory, login_http
-from tests.support.processes import GunicornProcess, RedisProcess
+from tests.support.auth import login_sync
+from tests.support.processes import GunicornFactory, GunicornProcess, RedisProcess
+from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME
 
 BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
 LIMIT = 20
@@ -29,7 +30,7 @@ def untrusting(gunicorn_factory: GunicornFactory, module_redis: RedisProcess) ->
 
 
 def fresh_user(base_url: str, name: str) -> dict[str, str]:
-    admin = login_http(base_url, ADMIN_USERNAME, ADMIN_PASSWORD)
+    admin = login_sync(httpx, ADMIN_USERNAME, ADMIN_PASSWORD, base=base_url)
     body = {"username": name, "password": "process-test-password", "scopes": ["predict"]}
     created = httpx.post(
         f"{base_url}/users",
@@ -38,7 +39,7 @@ def fresh_user(base_url: str, name: str) -> dict[str, str]:
         timeout=10,
     )
     assert created.status_code == 201, created.text
-    tokens = login_http(base_url, name, "process-test-password")
+    tokens = login_sync(httpx, name, "process-test-password", base=base_url)
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 

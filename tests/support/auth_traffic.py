@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, bearer
+from tests.support.auth import bearer
+from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME
 
 CAROL_PASSWORD = "carol-first-password-7f3a"
 CAROL_NEW_PASSWORD = "carol-second-password-91bd"

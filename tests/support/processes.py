@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "deploy" / "gunicorn.conf.py"
@@ -178,3 +179,10 @@ class GunicornProcess:
         if self.proc is not None:
             stop_process(self.proc, timeout=30)
             self.proc = None
+
+
+GunicornFactory = Callable[..., GunicornProcess]
+
+# Run a test both in-process and over real HTTP against gunicorn (same Redis, same secret):
+# parametrizes the `transport` fixture of tests/conftest.py.
+BOTH_TRANSPORTS = pytest.mark.parametrize("transport", ["asgi", "gunicorn"], indirect=True)

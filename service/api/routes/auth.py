@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from service.api.deps import CurrentUser, RedisDep, ServicesDep, limit_login, limit_public
+from service.api.deps import CurrentUser, RuntimeDep, rate_limit
 from service.api.schemas import LogoutRequest, RefreshRequest, TokenResponse
-from service.core.errors import invalid_token
-from service.core.redis import revoked_key, used_refresh_key, user_key
-from service.core.security import InvalidTokenError, TokenPair
-from service.core.users import new_token_version, normalize_username
+from service.auth.revocation import Rotation
+from service.auth.tokens import InvalidTokenError, TokenPair
+from service.infra.context import request_context
+from service.infra.errors import invalid_token
+from service.limits.policies import LOGIN, LOGIN_IP, PUBLIC
 
 router = APIRouter(tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _REFRESH_REFUSED = {
-    2: "refresh token revoked",
-    3: "refresh token no longer valid",
-    4: "refresh token reuse detected: every session of this user was revoked",
+    Rotation.REVOKED: ("revoked", "refresh token revoked"),
+    Rotation.STALE: ("revoked", "refresh token no longer valid"),
+    Rotation.REUSED: (
+        "refresh_reuse",
+        "refresh token reuse detected: every session of this user was revoked",
+    ),
 }
 
 
@@ -42,80 +46,66 @@ def _bad_credentials() -> HTTPException:
 @router.post(
     "/token",
     response_model=TokenResponse,
-    dependencies=[Depends(limit_login)],
+    dependencies=[Depends(rate_limit(LOGIN_IP)), Depends(rate_limit(LOGIN))],
     responses={401: {"description": "Wrong credentials"}, 429: {"description": "Too many tries"}},
 )
 async def login(
-    request: Request,
     response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    services: ServicesDep,
+    runtime: RuntimeDep,
 ) -> TokenResponse:
     """OAuth2 password flow: the same 401, in the same time, for any wrong credentials."""
-    try:
-        username = normalize_username(form.username)
-    except ValueError:
-        username = None
-    user = await services.users.get(username) if username else None
-    valid, new_hash = await services.users.hasher.verify(
-        form.password, user.password_hash if user else None
-    )
-    if user is None or not valid or user.disabled:
-        request.state.auth_failure = "bad_credentials"
+    user = await runtime.users.authenticate(form.username, form.password)
+    context = request_context()
+    if user is None:
+        context.auth_failure = "bad_credentials"
         raise _bad_credentials()
-    if new_hash is not None:
-        await services.users.store_rehash(user, new_hash)
-    request.state.user = user.username
-    pair = services.tokens.issue_pair(user.username, user.scopes, user.token_version)
+    context.user = user.username
+    pair = runtime.tokens.issue_pair(user.username, user.scopes, user.token_version)
     return _token_response(response, pair)
 
 
 @router.post(
     "/token/refresh",
     response_model=TokenResponse,
-    dependencies=[Depends(limit_public)],
+    dependencies=[Depends(rate_limit(PUBLIC))],
     responses={401: {"description": "Refresh token refused"}},
 )
-async def refresh(
-    request: Request, response: Response, body: RefreshRequest, services: ServicesDep
-) -> TokenResponse:
+async def refresh(response: Response, body: RefreshRequest, runtime: RuntimeDep) -> TokenResponse:
     """Rotate: a refresh token works once; presenting a used one revokes the whole user."""
+    context = request_context()
     try:
-        claims = services.tokens.decode(body.refresh_token, "refresh")
+        claims = runtime.tokens.decode(body.refresh_token, "refresh")
     except InvalidTokenError as exc:
-        request.state.auth_failure = exc.reason
+        context.auth_failure = exc.reason
         raise invalid_token() from None
-    outcome = await services.scripts.refresh(
-        keys=[user_key(claims.subject), revoked_key(claims.jti), used_refresh_key(claims.jti)],
-        args=[claims.version, claims.remaining_ms(), new_token_version()],
-    )
-    if int(outcome) != 0:
-        request.state.auth_failure = "refresh_reuse" if int(outcome) == 4 else "revoked"
-        raise invalid_token(_REFRESH_REFUSED[int(outcome)])
-    request.state.user = claims.subject
-    pair = services.tokens.issue_pair(claims.subject, claims.scopes, claims.version)
+    outcome = await runtime.revocations.rotate(claims)
+    if outcome is not Rotation.ROTATED:
+        context.auth_failure, detail = _REFRESH_REFUSED[outcome]
+        raise invalid_token(detail)
+    context.user = claims.subject
+    pair = runtime.tokens.issue_pair(claims.subject, claims.scopes, claims.version)
     return _token_response(response, pair)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
-    user: CurrentUser, services: ServicesDep, redis: RedisDep, body: LogoutRequest | None = None
+    user: CurrentUser, runtime: RuntimeDep, body: LogoutRequest | None = None
 ) -> Response:
     """Revoke the presented access token, and the refresh token if one is given, until expiry."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(revoked_key(user.claims.jti), "1", px=user.claims.remaining_ms())
-        if body is not None and body.refresh_token is not None:
-            try:
-                refresh_claims = services.tokens.decode(body.refresh_token, "refresh")
-            except InvalidTokenError:
-                refresh_claims = None
-            if refresh_claims is not None and refresh_claims.subject == user.username:
-                pipe.set(revoked_key(refresh_claims.jti), "1", px=refresh_claims.remaining_ms())
-        await pipe.execute()
+    revoked = [user.claims]
+    if body is not None and body.refresh_token is not None:
+        try:
+            refresh_claims = runtime.tokens.decode(body.refresh_token, "refresh")
+        except InvalidTokenError:
+            refresh_claims = None
+        if refresh_claims is not None and refresh_claims.subject == user.username:
+            revoked.append(refresh_claims)
+    await runtime.revocations.revoke(*revoked)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/.well-known/jwks.json", dependencies=[Depends(limit_public)])
-async def jwks(services: ServicesDep) -> dict[str, Any]:
+@router.get("/.well-known/jwks.json", dependencies=[Depends(rate_limit(PUBLIC))])
+async def jwks(runtime: RuntimeDep) -> dict[str, Any]:
     """Public verification keys (ES256/RS256 modes); empty for HS256, whose key is secret."""
-    return services.tokens.jwks()
+    return runtime.tokens.jwks()

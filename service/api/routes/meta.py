@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
-from service.api.deps import RedisDep, SettingsDep, limit_public
+from service.api.deps import RuntimeDep, rate_limit
 from service.api.schemas import HealthOut, MessageOut, ReadyOut
-from service.core.metrics import count_redis_error
+from service.limits.policies import PUBLIC
 
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/", response_model=MessageOut, dependencies=[Depends(limit_public)])
-async def root() -> MessageOut:
-    return MessageOut(message="secure-ml-api: Iris classifier. Log in at /token.", docs="/docs")
+@router.get("/", response_model=MessageOut, dependencies=[Depends(rate_limit(PUBLIC))])
+async def root(runtime: RuntimeDep) -> MessageOut:
+    name = runtime.predictor.manifest.name
+    return MessageOut(message=f"secure-ml-api: serving {name}. Log in at /token.", docs="/docs")
 
 
 @router.get("/healthz", response_model=HealthOut)
@@ -31,16 +29,10 @@ async def healthz() -> HealthOut:
     response_model=ReadyOut,
     responses={503: {"description": "Redis unreachable or model not loaded"}},
 )
-async def readyz(redis: RedisDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: take this instance out of the load balancer while it cannot serve. The
     model is loaded before the app starts serving at all, so Redis is what can fail."""
-    checks = {"model": "ok"}
-    try:
-        await asyncio.wait_for(redis.ping(), timeout=settings.redis_socket_timeout)
-        checks["redis"] = "ok"
-    except (RedisError, OSError, TimeoutError) as exc:
-        count_redis_error(exc)
-        checks["redis"] = "unreachable"
+    checks = {"model": "ok", "redis": "ok" if await runtime.storage_ready() else "unreachable"}
     failed = sorted(name for name, state in checks.items() if state != "ok")
     if failed:
         detail = "not ready: " + ", ".join(f"{name} {checks[name]}" for name in failed)

@@ -1,12 +1,15 @@
 """Predictions and model metadata.
 
-Responses are serialised once with orjson and returned as bytes: the declared
-`response_model` still documents them in OpenAPI, without a second validation pass.
+The request bodies come from the model's manifest (`PredictionSchemas`), so the router is
+built for one model by `build_router(manifest)`. Responses are serialised once with orjson
+and returned as bytes: the declared `response_model` still documents them in OpenAPI,
+without a second validation pass.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,18 +18,16 @@ from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CurrentUser, PredictUser, ServicesDep, SettingsDep
+from service.api.deps import CurrentUser, PredictUser, RuntimeDep
 from service.api.schemas import (
-    BatchPredictRequest,
     BatchPredictResponse,
     ModelInfo,
-    PredictRequest,
+    PredictionSchemas,
     PredictResponse,
 )
-from service.core.metrics import record_inference
-from service.ml.inference import Predictor
-
-router = APIRouter(tags=["model"])
+from service.infra.metrics import record_inference
+from service.ml.manifest import ModelManifest
+from service.ml.predictor import Predictor
 
 _LIMITED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid, expired or revoked token"},
@@ -49,14 +50,14 @@ def _predictions(predictor: Predictor, rows: list[list[float]]) -> list[dict[str
     ]
 
 
-async def _infer(services: ServicesDep, rows: list[list[float]]) -> list[dict[str, object]]:
-    """Small inputs run inline (tens of microseconds, less than a thread hand-off costs);
-    larger batches go to the thread pool so the event loop never waits on them."""
+async def _infer(runtime: RuntimeDep, rows: list[list[float]]) -> list[dict[str, object]]:
+    """Small inputs run inline (less work than a thread hand-off costs); larger batches go
+    to the thread pool so the event loop never waits on them."""
     start = time.perf_counter()
-    if len(rows) <= services.settings.inline_inference_rows:
-        results = _predictions(services.predictor, rows)
+    if len(rows) <= runtime.settings.inline_inference_rows:
+        results = _predictions(runtime.predictor, rows)
     else:
-        results = await run_in_threadpool(_predictions, services.predictor, rows)
+        results = await run_in_threadpool(_predictions, runtime.predictor, rows)
     record_inference((str(r["label"]) for r in results), len(rows), time.perf_counter() - start)
     return results
 
@@ -65,33 +66,64 @@ def _json(payload: dict[str, object]) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_LIMITED)
-async def predict(body: PredictRequest, _: PredictUser, services: ServicesDep) -> Response:
-    (result,) = await _infer(services, [body.data])
-    result["model_version"] = services.predictor.manifest.version
-    return _json(result)
+def _annotate(**types: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give an endpoint's parameters types known only at run time (the manifest's bodies);
+    FastAPI reads them from `__annotations__` when the route is added."""
+
+    def apply(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        endpoint.__annotations__ = endpoint.__annotations__ | types
+        return endpoint
+
+    return apply
 
 
-@router.post("/predict/batch", response_model=BatchPredictResponse, responses=_LIMITED)
-async def predict_batch(
-    body: BatchPredictRequest, _: PredictUser, services: ServicesDep, settings: SettingsDep
-) -> Response:
-    limit = settings.max_batch_size
-    if len(body.instances) > limit:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "too_long",
-                    "loc": ("body", "instances"),
-                    "msg": f"List should have at most {limit} items (MAX_BATCH_SIZE)",
-                }
-            ]
-        )
-    predictions = await _infer(services, body.instances)
-    version = services.predictor.manifest.version
-    return _json({"predictions": predictions, "model_version": version})
+def _response_example(manifest: ModelManifest) -> dict[int | str, dict[str, Any]]:
+    first, *others = manifest.class_names
+    example = {
+        "prediction": 0,
+        "label": first,
+        "probabilities": {first: 1.0} | dict.fromkeys(others, 0.0),
+        "model_version": manifest.version,
+    }
+    return {200: {"content": {"application/json": {"example": example}}}}
 
 
-@router.get("/model", response_model=ModelInfo, status_code=status.HTTP_200_OK)
-async def model_info(_: CurrentUser, services: ServicesDep) -> Response:
-    return _json(services.predictor.manifest.model_dump(mode="json"))
+def build_router(manifest: ModelManifest) -> APIRouter:
+    """The prediction routes for the model `manifest` describes."""
+    schemas = PredictionSchemas.for_manifest(manifest)
+    router = APIRouter(tags=["model"])
+
+    @router.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=_LIMITED | _response_example(manifest),
+    )
+    @_annotate(body=schemas.request)
+    async def predict(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
+        (result,) = await _infer(runtime, [body.data])
+        result["model_version"] = runtime.predictor.manifest.version
+        return _json(result)
+
+    @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_LIMITED)
+    @_annotate(body=schemas.batch_request)
+    async def predict_batch(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
+        limit = runtime.settings.max_batch_size
+        if len(body.instances) > limit:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "too_long",
+                        "loc": ("body", "instances"),
+                        "msg": f"List should have at most {limit} items (MAX_BATCH_SIZE)",
+                    }
+                ]
+            )
+        predictions = await _infer(runtime, body.instances)
+        version = runtime.predictor.manifest.version
+        return _json({"predictions": predictions, "model_version": version})
+
+    @router.get("/model", response_model=ModelInfo, status_code=status.HTTP_200_OK)
+    async def model_info(_: CurrentUser, runtime: RuntimeDep) -> Response:
+        return _json(runtime.predictor.manifest.describe())
+
+    return router

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 
-from service.api.deps import AdminUser, CurrentUser, ServicesDep
+from service.api.deps import AdminUser, CurrentUser, RuntimeDep
 from service.api.schemas import UserCreate, UserDetail, UserOut, UserUpdate
-from service.core.config import RateSpec
-from service.core.users import USERNAME_PATTERN, User, check_password
+from service.auth.rules import USERNAME_PATTERN, check_password
+from service.auth.users import User
+from service.limits.rates import Rate
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -56,46 +57,46 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such use
     status_code=status.HTTP_201_CREATED,
     responses={409: {"description": "A user with that name exists"}},
 )
-async def create_user(body: UserCreate, _: AdminUser, services: ServicesDep) -> UserDetail:
+async def create_user(body: UserCreate, _: AdminUser, runtime: RuntimeDep) -> UserDetail:
     _check_password(body.username, body.password)
-    if not await services.users.create(body.username, body.password, frozenset(body.scopes)):
+    if not await runtime.users.create(body.username, body.password, frozenset(body.scopes)):
         raise HTTPException(status.HTTP_409_CONFLICT, f"User {body.username!r} already exists")
-    user = await services.users.get(body.username)
+    user = await runtime.users.get(body.username)
     if user is None:  # deleted between the two calls
         raise _not_found(body.username)
     return _detail(user)
 
 
 @router.get("", response_model=list[UserDetail])
-async def list_users(_: AdminUser, services: ServicesDep) -> list[UserDetail]:
-    return [_detail(user) for user in await services.users.list()]
+async def list_users(_: AdminUser, runtime: RuntimeDep) -> list[UserDetail]:
+    return [_detail(user) for user in await runtime.users.list()]
 
 
 @router.patch("/{username}", response_model=UserDetail, responses=_NOT_FOUND)
 async def update_user(
-    username: UsernamePath, body: UserUpdate, _: AdminUser, services: ServicesDep
+    username: UsernamePath, body: UserUpdate, _: AdminUser, runtime: RuntimeDep
 ) -> UserDetail:
     """Disable/enable, set password or scopes (both revoke the user's tokens), set a rate."""
     name = username.lower()
     if body.password is not None:
         _check_password(name, body.password)
-    updated = await services.users.update(
+    updated = await runtime.users.update(
         name,
         disabled=body.disabled,
         password=body.password,
         scopes=frozenset(body.scopes) if body.scopes is not None else None,
-        rate_limit=RateSpec.parse(body.rate_limit) if body.rate_limit else None,
+        rate_limit=Rate.parse(body.rate_limit) if body.rate_limit else None,
         clear_rate_limit="rate_limit" in body.model_fields_set and body.rate_limit is None,
     )
-    user = await services.users.get(name) if updated else None
+    user = await runtime.users.get(name) if updated else None
     if user is None:
         raise _not_found(name)
     return _detail(user)
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
-async def delete_user(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
-    if not await services.users.delete(username.lower()):
+async def delete_user(username: UsernamePath, _: AdminUser, runtime: RuntimeDep) -> Response:
+    if not await runtime.delete_user(username.lower()):
         raise _not_found(username.lower())
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -103,8 +104,8 @@ async def delete_user(username: UsernamePath, _: AdminUser, services: ServicesDe
 @router.post(
     "/{username}/revoke-tokens", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND
 )
-async def revoke_tokens(username: UsernamePath, _: AdminUser, services: ServicesDep) -> Response:
+async def revoke_tokens(username: UsernamePath, _: AdminUser, runtime: RuntimeDep) -> Response:
     """Every token issued to the user so far stops working, on every instance, at once."""
-    if not await services.users.revoke_tokens(username.lower()):
+    if not await runtime.users.revoke_tokens(username.lower()):
         raise _not_found(username.lower())
     return Response(status_code=status.HTTP_204_NO_CONTENT)

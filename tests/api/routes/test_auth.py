@@ -6,19 +6,14 @@ import time
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+import pytest
 from redis.asyncio import Redis
 
-from service.core.config import Settings
-from service.core.security import PasswordHasher
-from tests.conftest import (
-    ADMIN_PASSWORD,
-    BOTH_TRANSPORTS,
-    USER_PASSWORD,
-    bearer,
-    create_user,
-    login,
-)
+from service.auth.passwords import PasswordHasher
+from service.infra.config import Settings
+from tests.support.auth import bearer, create_user, login
+from tests.support.processes import BOTH_TRANSPORTS
+from tests.support.settings import ADMIN_PASSWORD, USER_PASSWORD
 
 
 @BOTH_TRANSPORTS
@@ -47,17 +42,20 @@ async def test_unknown_user_and_wrong_password_look_the_same(client: httpx.Async
     assert wrong_password.json() == unknown_user.json() == invalid_name.json()
 
 
-async def test_unknown_user_still_verifies_a_hash(app: FastAPI, client: httpx.AsyncClient) -> None:
+async def test_unknown_user_still_verifies_a_hash(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Timing: an unknown username must cost one Argon2 verification like a wrong password."""
-    hasher: PasswordHasher = app.state.services.users.hasher
     calls: list[str | None] = []
-    original = hasher.verify
+    original = PasswordHasher.verify
 
-    async def spy(password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+    async def spy(
+        hasher: PasswordHasher, password: str, stored_hash: str | None
+    ) -> tuple[bool, str | None]:
         calls.append(stored_hash)
-        return await original(password, stored_hash)
+        return await original(hasher, password, stored_hash)
 
-    hasher.verify = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(PasswordHasher, "verify", spy)
     await client.post("/token", data={"username": "nobody", "password": "x" * 12})
     assert calls == [None]
 

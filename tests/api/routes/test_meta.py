@@ -44,7 +44,7 @@ async def test_wrong_method_is_405(client: httpx.AsyncClient) -> None:
 
 
 async def test_app_state_is_built_per_app(app: FastAPI) -> None:
-    assert app.state.services.predictor.manifest.version.startswith("iris-rf-")
+    assert app.state.runtime.predictor.manifest.version.startswith("iris-rf-")
 
 
 async def test_405_allow_names_every_method_of_the_resource(client: httpx.AsyncClient) -> None:

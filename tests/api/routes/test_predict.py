@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import joblib
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from sklearn.datasets import load_iris
+
+from service.ml.manifest import MODEL_FILE
 
 IRIS_SETOSA = [5.1, 3.5, 1.4, 0.2]
 
@@ -26,13 +29,13 @@ async def test_predict_setosa(client: httpx.AsyncClient, user_headers: dict[str,
 
 
 async def test_served_probabilities_equal_sklearn_on_all_iris_rows(
-    app: FastAPI, client: httpx.AsyncClient, user_headers: dict[str, str]
+    model_dir: Path, client: httpx.AsyncClient, user_headers: dict[str, str]
 ) -> None:
     rows = load_iris().data.tolist()
     response = await client.post("/predict/batch", json={"instances": rows}, headers=user_headers)
     assert response.status_code == 200, response.text
     served = response.json()["predictions"]
-    estimator = app.state.services.predictor.estimator
+    estimator = joblib.load(model_dir / MODEL_FILE)
     expected = estimator.predict_proba(np.asarray(rows))
     classes = ["setosa", "versicolor", "virginica"]
     got = np.array([[p["probabilities"][c] for c in classes] for p in served])

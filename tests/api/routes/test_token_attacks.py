@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt
 from redis.asyncio import Redis
 
-from service.core.config import Settings
-from service.core.security import _hs_kid
-from tests.conftest import BOTH_TRANSPORTS, bearer, create_user, login
+from service.auth.tokens import _hs_kid
+from service.infra.config import Settings
+from tests.support.auth import bearer, create_user, login
+from tests.support.processes import BOTH_TRANSPORTS
 
 pytestmark = BOTH_TRANSPORTS
 

@@ -12,9 +12,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from service.core.config import Settings
+from service.infra.config import Settings
 from service.main import create_app
-from tests.conftest import USER_PASSWORD, bearer, create_user, login
+from tests.support.auth import bearer, create_user, login
+from tests.support.settings import USER_PASSWORD
 
 
 async def test_me(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:

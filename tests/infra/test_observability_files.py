@@ -10,7 +10,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with yamllint; no stubs
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.core import metrics
+from service.infra import metrics
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}

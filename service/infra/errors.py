@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.core.metrics import count_redis_error
+from service.infra.metrics import count_redis_error
 
 logger = logging.getLogger(__name__)
 

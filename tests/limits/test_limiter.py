@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import USER_PASSWORD, bearer, create_user, login
+from tests.support.auth import bearer, create_user, login
+from tests.support.settings import USER_PASSWORD
 
 BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
 LIMIT = 5

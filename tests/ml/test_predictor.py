@@ -11,13 +11,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
-from service.ml.inference import Predictor
+from service.ml.predictor import ForestPredictor
 
 FloatArray = npt.NDArray[np.float64]
 IRIS: FloatArray = np.asarray(load_iris().data, dtype=np.float64)
 
 
-def _assert_matches_reference(predictor: Predictor, X: FloatArray) -> None:
+def _assert_matches_reference(predictor: ForestPredictor, X: FloatArray) -> None:
     fast = predictor.predict_proba(X)
     reference = predictor.predict_proba_reference(X)
     assert fast.shape == (X.shape[0], len(predictor.class_names))
@@ -28,7 +28,7 @@ def _assert_matches_reference(predictor: Predictor, X: FloatArray) -> None:
     np.testing.assert_array_equal(fast, reference)
 
 
-def _split_points(predictor: Predictor) -> tuple[npt.NDArray[np.intp], FloatArray]:
+def _split_points(predictor: ForestPredictor) -> tuple[npt.NDArray[np.intp], FloatArray]:
     """(feature, threshold) of every split in the forest."""
     trees = [tree.tree_ for tree in predictor.estimator.estimators_]
     features = np.concatenate([t.feature[t.children_left != -1] for t in trees])
@@ -36,7 +36,7 @@ def _split_points(predictor: Predictor) -> tuple[npt.NDArray[np.intp], FloatArra
     return features.astype(np.intp), thresholds.astype(np.float64)
 
 
-def _threshold_rows(predictor: Predictor) -> FloatArray:
+def _threshold_rows(predictor: ForestPredictor) -> FloatArray:
     """Iris rows with one feature moved onto, or just beside, a split threshold."""
     features, thresholds = _split_points(predictor)
     t32 = thresholds.astype(np.float32)
@@ -59,27 +59,27 @@ def _threshold_rows(predictor: Predictor) -> FloatArray:
     return np.concatenate(blocks)
 
 
-def test_all_iris_rows(predictor: Predictor) -> None:
+def test_all_iris_rows(predictor: ForestPredictor) -> None:
     _assert_matches_reference(predictor, IRIS)
 
 
-def test_single_rows(predictor: Predictor) -> None:
+def test_single_rows(predictor: ForestPredictor) -> None:
     for row in IRIS[::7]:
         _assert_matches_reference(predictor, row[None, :])
 
 
-def test_uniform_rows_over_the_accepted_range(predictor: Predictor) -> None:
+def test_uniform_rows_over_the_accepted_range(predictor: ForestPredictor) -> None:
     rng = np.random.default_rng(20240601)
     _assert_matches_reference(predictor, rng.uniform(0.0, 100.0, size=(10_000, 4)))
 
 
-def test_uniform_rows_where_the_splits_are(predictor: Predictor) -> None:
+def test_uniform_rows_where_the_splits_are(predictor: ForestPredictor) -> None:
     rng = np.random.default_rng(7)
     low, high = IRIS.min(axis=0) - 0.5, IRIS.max(axis=0) + 0.5
     _assert_matches_reference(predictor, rng.uniform(low, high, size=(20_000, 4)))
 
 
-def test_iris_rows_nudged_by_ulps_and_1e7(predictor: Predictor) -> None:
+def test_iris_rows_nudged_by_ulps_and_1e7(predictor: ForestPredictor) -> None:
     steps = np.array([-1e-7, 0.0, 1e-7])
     grid = np.stack(np.meshgrid(steps, steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 4)
     nudged = (IRIS[:, None, :] + grid[None, :, :]).reshape(-1, 4)
@@ -88,11 +88,11 @@ def test_iris_rows_nudged_by_ulps_and_1e7(predictor: Predictor) -> None:
     _assert_matches_reference(predictor, np.nextafter(IRIS, -np.inf))
 
 
-def test_rows_on_and_beside_every_threshold(predictor: Predictor) -> None:
+def test_rows_on_and_beside_every_threshold(predictor: ForestPredictor) -> None:
     _assert_matches_reference(predictor, _threshold_rows(predictor))
 
 
-def test_threshold_rows_tell_float32_from_float64(predictor: Predictor) -> None:
+def test_threshold_rows_tell_float32_from_float64(predictor: ForestPredictor) -> None:
     """The boundary rows would catch a fast path that forgot sklearn's float32 cast."""
     _, thresholds = _split_points(predictor)
     values = np.concatenate([thresholds - 1e-9, thresholds + 1e-9])
@@ -101,7 +101,7 @@ def test_threshold_rows_tell_float32_from_float64(predictor: Predictor) -> None:
     assert np.any(as_float32 != (values <= cut))
 
 
-def test_batches_larger_than_one_chunk(predictor: Predictor) -> None:
+def test_batches_larger_than_one_chunk(predictor: ForestPredictor) -> None:
     rng = np.random.default_rng(3)
     X = IRIS[rng.integers(0, len(IRIS), size=1_000)]
     _assert_matches_reference(predictor, X)
@@ -109,14 +109,14 @@ def test_batches_larger_than_one_chunk(predictor: Predictor) -> None:
     np.testing.assert_array_equal(predictor.predict_proba(X)[:50], single)
 
 
-def test_probabilities_are_distributions(predictor: Predictor) -> None:
+def test_probabilities_are_distributions(predictor: ForestPredictor) -> None:
     proba = predictor.predict_proba(IRIS)
     assert np.all(proba >= 0.0)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     assert np.mean(proba.argmax(axis=1) == load_iris().target) > 0.95
 
 
-def test_empty_batch(predictor: Predictor) -> None:
+def test_empty_batch(predictor: ForestPredictor) -> None:
     assert predictor.predict_proba(np.empty((0, 4))).shape == (0, 3)
 
 
@@ -125,20 +125,20 @@ def test_empty_batch(predictor: Predictor) -> None:
     [np.zeros(4), np.zeros((2, 3)), np.zeros((2, 5)), np.zeros((1, 2, 4))],
     ids=["1-d", "3-cols", "5-cols", "3-d"],
 )
-def test_rejects_wrong_shapes(predictor: Predictor, X: FloatArray) -> None:
+def test_rejects_wrong_shapes(predictor: ForestPredictor, X: FloatArray) -> None:
     with pytest.raises(ValueError, match="expected an array of shape"):
         predictor.predict_proba(X)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])
-def test_rejects_non_finite_values(predictor: Predictor, bad: float) -> None:
+def test_rejects_non_finite_values(predictor: ForestPredictor, bad: float) -> None:
     X = IRIS[:2].copy()
     X[1, 2] = bad
     with pytest.raises(ValueError, match="NaN, infinity"):
         predictor.predict_proba(X)
 
 
-def test_concurrent_calls_agree(predictor: Predictor) -> None:
+def test_concurrent_calls_agree(predictor: ForestPredictor) -> None:
     rng = np.random.default_rng(11)
     batches = [rng.uniform(0.0, 8.0, size=(int(n), 4)) for n in rng.integers(1, 300, size=64)]
     expected = [predictor.predict_proba_reference(X) for X in batches]
@@ -153,10 +153,10 @@ def test_concurrent_calls_agree(predictor: Predictor) -> None:
     [{"max_depth": 3}, {"min_samples_leaf": 9}, {"max_samples": 0.5, "n_estimators": 257}],
     ids=["shallow", "wide-leaves", "odd-tree-count"],
 )
-def test_forests_with_mixed_leaves(predictor: Predictor, params: dict[str, Any]) -> None:
+def test_forests_with_mixed_leaves(predictor: ForestPredictor, params: dict[str, Any]) -> None:
     """Mixed leaves make the summation order visible, which the served Iris model hides."""
     X, y = load_iris(return_X_y=True)
     forest = RandomForestClassifier(**{"random_state": 5, "n_jobs": 1, **params}).fit(X, y)
-    mixed = Predictor(predictor.manifest, forest)
+    mixed = ForestPredictor(predictor.manifest, forest)
     rng = np.random.default_rng(5)
     _assert_matches_reference(mixed, np.concatenate([IRIS, rng.uniform(0, 8, size=(5_000, 4))]))

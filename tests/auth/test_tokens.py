@@ -15,15 +15,13 @@ from fastapi import FastAPI
 from jose import jwt
 from pydantic import SecretStr
 
-from service.core.config import Settings
-from service.core.security import (
-    VERIFIED_CACHE_SIZE,
-    InvalidTokenError,
-    PasswordHasher,
-    TokenService,
-)
+from service.auth.passwords import PasswordHasher
+from service.auth.scopes import Scope
+from service.auth.tokens import VERIFIED_CACHE_SIZE, InvalidTokenError, TokenService
+from service.infra.config import Settings
 from service.main import create_app
-from tests.conftest import ADMIN_PASSWORD, bearer, login
+from tests.support.auth import bearer, login
+from tests.support.settings import ADMIN_PASSWORD
 
 
 def _with(settings: Settings, **update: Any) -> Settings:
@@ -44,13 +42,13 @@ def _es256_key(path: Path) -> Path:
 
 def test_rotated_key_still_verifies_and_retired_key_is_refused(settings: Settings) -> None:
     old = TokenService(settings)
-    token = old.issue_pair("alice", frozenset({"predict"}), "v1").access_token
+    token = old.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
     new_secret = SecretStr(secrets.token_urlsafe(48))
     rotated = TokenService(
         _with(settings, jwt_secret=new_secret, jwt_previous_secrets=settings.jwt_secret)
     )
     assert rotated.decode(token, "access").subject == "alice"
-    fresh = rotated.issue_pair("alice", frozenset({"predict"}), "v1").access_token
+    fresh = rotated.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
     assert jwt.get_unverified_header(fresh)["kid"] != jwt.get_unverified_header(token)["kid"]
     retired = TokenService(_with(settings, jwt_secret=new_secret))
     with pytest.raises(InvalidTokenError, match="unknown_key"):
@@ -62,13 +60,13 @@ def test_cached_token_is_still_checked_against_the_clock(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = TokenService(settings)
-    token = service.issue_pair("alice", frozenset({"predict"}), "v1").access_token
+    token = service.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
     assert service.decode(token, "access").subject == "alice"
     assert service.decode(token, "access").subject == "alice"  # served from the cache
     with pytest.raises(InvalidTokenError, match="wrong_token_use"):
         service.decode(token, "refresh")
     later = time.time() + settings.access_token_ttl_seconds + 60
-    monkeypatch.setattr("service.core.security.time.time", lambda: later)
+    monkeypatch.setattr("service.auth.tokens.time.time", lambda: later)
     with pytest.raises(InvalidTokenError, match="expired"):
         service.decode(token, "access")
 

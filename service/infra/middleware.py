@@ -13,9 +13,8 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core import metrics
-from service.core.logs import request_id_var
-from service.core.ratelimit import RATELIMIT_STATE
+from service.infra import metrics
+from service.infra.context import RequestContext, close_context, open_context
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -105,11 +104,11 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def _ratelimit_headers(state: dict[str, object]) -> list[tuple[bytes, bytes]]:
+def _ratelimit_headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
     """The RateLimit fields of every policy that counted this request, in the order they
     counted it (the draft lists several policies comma-separated)."""
-    fields = state.get(RATELIMIT_STATE)
-    if not isinstance(fields, list) or not fields:
+    fields = context.ratelimit_fields
+    if not fields:
         return []
     return [
         (b"ratelimit-policy", ", ".join(policy for policy, _ in fields).encode()),
@@ -147,8 +146,7 @@ class ObservabilityMiddleware:
             return
         start = time.perf_counter()
         request_id = _request_id(scope["headers"])
-        context = request_id_var.set(request_id)
-        state = scope.setdefault("state", {})
+        context, token = open_context(request_id)
         extra_headers = [*SECURITY_HEADERS, (b"x-request-id", request_id.encode("ascii"))]
         if scope["path"] not in self.csp_exempt:
             extra_headers.append(CONTENT_SECURITY_POLICY)
@@ -163,7 +161,7 @@ class ObservabilityMiddleware:
                 message["headers"] = [
                     *message.get("headers", ()),
                     *extra_headers,
-                    *_ratelimit_headers(state),
+                    *_ratelimit_headers(context),
                 ]
             await send(message)
 
@@ -178,10 +176,10 @@ class ObservabilityMiddleware:
                 await _send_internal_error(send_with_headers, request_id)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
-            self._finish(scope, state, status, time.perf_counter() - start)
-            request_id_var.reset(context)
+            self._finish(scope, context, status, time.perf_counter() - start)
+            close_context(token)
 
-    def _finish(self, scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+    def _finish(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
         route = _route(scope)
         key = (method, route, status)
@@ -192,19 +190,18 @@ class ObservabilityMiddleware:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
-        reason = state.get("auth_failure")
-        if reason is not None:
-            metrics.AUTH_FAILURES.labels(str(reason)).inc()
+        if context.auth_failure is not None:
+            metrics.AUTH_FAILURES.labels(context.auth_failure).inc()
         if access_logger.isEnabledFor(logging.INFO):
             # makeRecord + handle: what `info()` does, minus finding the caller's source line.
             client = scope.get("client")
             fields = {
-                "request_id": request_id_var.get(),
+                "request_id": context.request_id,
                 "method": method,
                 "route": route,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
-                "user": state.get("user"),
+                "user": context.user,
                 "client_ip": client[0] if client else None,
             }
             access_logger.handle(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.core.users import UserStore
+from service.auth.scopes import Scope
+from service.auth.users import UserStore
 
 
 async def test_a_login_rehash_never_overwrites_a_newer_password(app: FastAPI) -> None:
-    store: UserStore = app.state.services.users
-    assert await store.create("rita", "old-password-123", frozenset({"predict"}))
+    store: UserStore = app.state.runtime.users
+    assert await store.create("rita", "old-password-123", frozenset({Scope.PREDICT}))
     seen_at_login = await store.get("rita")
     assert seen_at_login is not None
     await store.update("rita", password="new-password-456")  # lands while Argon2 runs
@@ -17,11 +18,11 @@ async def test_a_login_rehash_never_overwrites_a_newer_password(app: FastAPI) ->
     now = await store.get("rita")
     assert now is not None
     assert now.password_hash != "$argon2id$rehash-of-the-old-password"
-    assert (await store.hasher.verify("new-password-456", now.password_hash))[0]
+    assert await store.password_matches(now, "new-password-456")
 
 
 async def test_a_login_rehash_is_stored_when_nothing_changed(app: FastAPI) -> None:
-    store: UserStore = app.state.services.users
+    store: UserStore = app.state.runtime.users
     assert await store.create("sam", "old-password-123", frozenset())
     user = await store.get("sam")
     assert user is not None

@@ -11,14 +11,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.auth.rules import check_password, normalize_username
+from service.limits.policies import POLICIES, Policy
+from service.limits.rates import Rate, RateField
 
 logger = logging.getLogger(__name__)
 
@@ -46,36 +55,6 @@ WELL_KNOWN_SECRETS = frozenset(
     }
 )
 
-# N from 1 to MAX_RATE_LIMIT: the sliding-window log keeps one Redis entry per request.
-MAX_RATE_LIMIT = 100_000
-RATE_PATTERN = r"^\s*0*([1-9][0-9]{0,4}|100000)/(second|minute|hour|day)s?\s*$"
-# ASCII only: Unicode digits, spaces and case folding (U+017F folds to "s") are not syntax.
-_RATE_RE = re.compile(RATE_PATTERN, re.IGNORECASE | re.ASCII)
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-@dataclass(frozen=True, slots=True)
-class RateSpec:
-    """A rate limit: `limit` requests per `window` seconds."""
-
-    limit: int
-    window: int
-
-    @classmethod
-    def parse(cls, text: str) -> RateSpec:
-        """Parse `N/second|minute|hour|day`; raise ValueError with the accepted syntax."""
-        match = _RATE_RE.match(text)
-        if not match:
-            raise ValueError(
-                f"invalid rate {text!r}: expected N/second, N/minute, N/hour or N/day "
-                f"with N from 1 to {MAX_RATE_LIMIT}"
-            )
-        return cls(int(match.group(1)), _PERIODS[match.group(2).lower()])
-
-    def __str__(self) -> str:
-        period = {v: k for k, v in _PERIODS.items()}[self.window]
-        return f"{self.limit}/{period}"
-
 
 def _read_secret_file(path: Path, variable: str) -> str:
     try:
@@ -92,7 +71,25 @@ _FILE_BACKED = ("jwt_secret", "jwt_previous_secrets", "admin_password", "redis_p
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
+_S = TypeVar("_S", bound=BaseSettings)
 
+
+def _with_policy_rates(cls: type[_S]) -> type[_S]:
+    """Add one `Rate` field per rate-limit policy (`rate_limit_predict` is read from
+    RATE_LIMIT_PREDICT, ...), so that a policy is declared once, in limits/policies.py."""
+    fields: Any = {
+        policy.setting: (
+            Annotated[RateField, NoDecode],
+            Field(default=policy.default, description=policy.description),
+        )
+        for policy in POLICIES
+    }
+    return create_model(
+        cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields
+    )
+
+
+@_with_policy_rates
 class Settings(BaseSettings):
     """Configuration from the environment (and `.env`; the process environment wins)."""
 
@@ -138,11 +135,7 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(default=1, ge=1)
     password_hash_concurrency: int = Field(default=2, ge=1)
 
-    # Rate limits.
-    rate_limit_predict: str = "60/minute"
-    rate_limit_login: str = "5/minute"
-    rate_limit_login_ip: str = "30/minute"
-    rate_limit_public: str = "120/minute"
+    # Rate limits: one RATE_LIMIT_<POLICY> field per policy is added by _with_policy_rates.
     rate_limit_fail_open: bool = False
     trusted_proxies: CommaList = ("127.0.0.1",)
 
@@ -181,14 +174,6 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator(
-        "rate_limit_predict", "rate_limit_login", "rate_limit_login_ip", "rate_limit_public"
-    )
-    @classmethod
-    def _check_rate(cls, value: str) -> str:
-        RateSpec.parse(value)
-        return value
-
     @field_validator("model_dir")
     @classmethod
     def _absolute_model_dir(cls, value: Path) -> Path:
@@ -215,8 +200,6 @@ class Settings(BaseSettings):
 
     def _check_admin(self) -> None:
         """The bootstrap admin follows the rules of every other user."""
-        from service.core.users import check_password, normalize_username  # imports config
-
         if self.admin_username is None:
             return
         try:
@@ -252,21 +235,10 @@ class Settings(BaseSettings):
         raw = self.jwt_previous_secrets.get_secret_value()
         return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
 
-    @property
-    def predict_rate(self) -> RateSpec:
-        return RateSpec.parse(self.rate_limit_predict)
-
-    @property
-    def login_rate(self) -> RateSpec:
-        return RateSpec.parse(self.rate_limit_login)
-
-    @property
-    def login_ip_rate(self) -> RateSpec:
-        return RateSpec.parse(self.rate_limit_login_ip)
-
-    @property
-    def public_rate(self) -> RateSpec:
-        return RateSpec.parse(self.rate_limit_public)
+    def rate(self, policy: Policy) -> Rate:
+        """The configured rate of a policy."""
+        rate: Rate = getattr(self, policy.setting)
+        return rate
 
 
 def _secret_problem(secret: str) -> str | None:

@@ -16,32 +16,11 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.core.config import Settings
-
-KEY_PREFIX = "sma:"
-
-
-def user_key(username: str) -> str:
-    return f"{KEY_PREFIX}user:{username}"
-
-
-USERS_SET = f"{KEY_PREFIX}users"
-
-
-def revoked_key(jti: str) -> str:
-    return f"{KEY_PREFIX}revoked:{jti}"
-
-
-def used_refresh_key(jti: str) -> str:
-    return f"{KEY_PREFIX}refresh-used:{jti}"
-
-
-def rate_key(policy: str, identity: str) -> str:
-    return f"{KEY_PREFIX}rl:{policy}:{identity}"
+from service.infra.config import Settings
 
 
 def _lua(name: str) -> str:
-    return resources.files("service.core").joinpath("lua", name).read_text(encoding="utf-8")
+    return resources.files("service.infra").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,14 +10,14 @@ import sys
 import httpx
 import pytest
 
-from service.core.config import Settings
-from service.core.logs import (
+from service.infra.config import Settings
+from service.infra.context import close_context, open_context
+from service.infra.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,
     logging_config,
     redact,
-    request_id_var,
 )
 from tests.support.auth_traffic import exercise_auth, find_leaks
 
@@ -37,11 +37,11 @@ def test_json_lines_carry_the_request_id_fields_and_trace() -> None:
         raise ValueError("boom")
     except ValueError:
         record.exc_info = sys.exc_info()
-    token = request_id_var.set("req-1")
+    _, token = open_context("req-1")
     try:
         line = JsonFormatter("api-7").format(record)
     finally:
-        request_id_var.reset(token)
+        close_context(token)
     assert "\n" not in line
     payload = json.loads(line)
     assert payload["message"] == "hello world"

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from service.core.middleware import ObservabilityMiddleware
-from tests.conftest import ADMIN_PASSWORD
+from service.infra.middleware import ObservabilityMiddleware
+from tests.support.settings import ADMIN_PASSWORD
 
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",

@@ -9,11 +9,13 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from service.core.security import TokenService
+from service.auth.scopes import Scope
+from service.auth.tokens import TokenService
 from service.main import create_app
-from tests.conftest import bearer, make_settings
+from tests.support.auth import bearer
 from tests.support.processes import free_port
 from tests.support.prom import samples, value
+from tests.support.settings import make_settings
 
 BODY = {"data": [5.1, 3.5, 1.4, 0.2]}  # setosa
 VIRGINICA = [6.9, 3.1, 5.4, 2.1]
@@ -85,7 +87,7 @@ async def test_predictions_batch_sizes_and_inference_latency(
 
 
 async def test_model_version_is_exposed(client: httpx.AsyncClient, app: Any) -> None:
-    version = app.state.services.predictor.manifest.version
+    version = app.state.runtime.predictor.manifest.version
     assert value(await scrape(client), "model_info", version=version) == 1
 
 
@@ -122,7 +124,7 @@ async def test_redis_errors_are_counted(model_dir: Path, redis: Redis) -> None:
     """Nothing listens on the port: every Redis call fails fast with ConnectionError."""
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", model_dir, admin_username=None)
     app = create_app(settings)
-    token = TokenService(settings).issue_pair("alice", frozenset({"predict"}), "v1")
+    token = TokenService(settings).issue_pair("alice", frozenset({Scope.PREDICT}), "v1")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

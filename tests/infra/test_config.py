@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.core.config import RateSpec, Settings
+from service.infra.config import Settings
+from service.limits.policies import PREDICT
+from service.limits.rates import Rate
 
 GOOD_SECRET = "k" * 16 + "-random-enough-" + "q" * 16
 
@@ -22,16 +24,16 @@ def build(**values: object) -> Settings:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("60/minute", RateSpec(60, 60)),
-        ("5/second", RateSpec(5, 1)),
-        ("1000/hour", RateSpec(1000, 3600)),
-        ("10/day", RateSpec(10, 86400)),
-        (" 7/Minutes ", RateSpec(7, 60)),
-        ("100000/day", RateSpec(100_000, 86400)),
+        ("60/minute", Rate(60, 60)),
+        ("5/second", Rate(5, 1)),
+        ("1000/hour", Rate(1000, 3600)),
+        ("10/day", Rate(10, 86400)),
+        (" 7/Minutes ", Rate(7, 60)),
+        ("100000/day", Rate(100_000, 86400)),
     ],
 )
-def test_rate_syntax(text: str, expected: RateSpec) -> None:
-    assert RateSpec.parse(text) == expected
+def test_rate_syntax(text: str, expected: Rate) -> None:
+    assert Rate.parse(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.Monkey
     env_file.write_text(f"JWT_SECRET={GOOD_SECRET}\nRATE_LIMIT_PREDICT=5/minute\n")
     monkeypatch.setenv("RATE_LIMIT_PREDICT", "7/minute")
     settings = Settings(_env_file=env_file)
-    assert settings.predict_rate == RateSpec(7, 60)
+    assert settings.rate(PREDICT) == Rate(7, 60)
     assert os.environ["RATE_LIMIT_PREDICT"] == "7/minute"
 
 
@@ -157,7 +159,7 @@ def test_configuration_errors_are_one_line_without_values() -> None:
         "RATE_LIMIT_LOGIN": "fast",
     }
     result = subprocess.run(
-        [sys.executable, "-c", "from service.core.config import load_settings; load_settings()"],
+        [sys.executable, "-c", "from service.infra.config import load_settings; load_settings()"],
         env=env,
         cwd="/",
         capture_output=True,

@@ -7,8 +7,9 @@ one stderr handler; `configure_logging` applies it in-process only when nothing 
 configured logging yet (plain `uvicorn --factory`), so an embedding program's or pytest's
 handlers are left alone.
 
-Every line written while a request is served carries its request id (a ContextVar that the
-middleware sets), so a warning from deep inside a request joins that request's access line.
+Every line written while a request is served carries its request id (from the request
+context the middleware opens, `service.infra.context`), so a warning from deep inside a
+request joins that request's access line.
 As a last line of defence, anything shaped like a bearer credential or a JWT is masked in
 the formatted line; nothing should log one in the first place.
 """
@@ -19,14 +20,12 @@ import logging
 import logging.config
 import re
 import time
-from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
-from service.core.config import Settings
-
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+from service.infra.config import Settings
+from service.infra.context import current_context
 
 _SECRET_RE = re.compile(r"[Bb]earer\s+\S+|eyJ[\w-]*\.[\w-]+\.[\w-]*")
 REDACTED = "[redacted]"
@@ -67,9 +66,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "instance": self.instance,
         }
-        request_id = request_id_var.get()
-        if request_id is not None:
-            payload["request_id"] = request_id
+        context = current_context()
+        if context is not None:
+            payload["request_id"] = context.request_id
         fields = getattr(record, "fields", None)
         if fields:
             payload.update(fields)
@@ -89,9 +88,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record.created), record.levelname, record.name]
-        request_id = request_id_var.get()
-        if request_id is not None:
-            parts.append(f"[{request_id}]")
+        context = current_context()
+        if context is not None:
+            parts.append(f"[{context.request_id}]")
         parts.append(record.getMessage())
         fields = getattr(record, "fields", None)
         if fields:

@@ -1,18 +1,20 @@
-"""Exact forest evaluation without scikit-learn's per-call overhead.
+"""Predictors: what turns rows of features into class probabilities.
 
-``RandomForestClassifier.predict_proba`` spends ~4 ms per call, almost all of it in the
-joblib ``Parallel`` wrapper, whatever the row count. Here the 100 trees are packed once into
-flat arrays and evaluated for all trees x rows at once with numpy: on the Iris forest this
-takes ~20 us for 1 row and ~0.2 ms for 64 rows (sklearn: ~4.0 ms for both; see
-``deploy/bench/model_bench.py``). Above roughly 1,500 rows sklearn's compiled loop wins again.
+`Predictor` is what the API needs of a model. `ForestPredictor` serves a scikit-learn
+random forest exactly, without scikit-learn's per-call overhead:
+
+``RandomForestClassifier.predict_proba`` pays the joblib ``Parallel`` wrapper on every call,
+whatever the row count, which dwarfs the work for the few rows a request carries. Here the
+trees are packed once into flat arrays and evaluated for all trees x rows at once with numpy
+(figures: README, Performance; ``deploy/bench/model_bench.py`` measures both). For batches
+of thousands of rows sklearn's compiled loop wins again; the API caps batches far below.
 
 Node decisions are computed for every node in one pass (nodes are grouped by feature, so
 that is a few broadcast comparisons), turned into a per-row "next node" table, and then
 all (tree, row) cursors follow that table for ``max_depth`` steps; leaves point to
-themselves. Alternatives measured and dropped: walking the trees level by level with a
-gather of the feature value at every step (~1.5x slower at 64 rows), building the
-next-node table with ``np.where`` (~15 % slower), and ``int32`` indices (~10 % faster at
-64 rows but ~15 % slower for the common single row).
+themselves. Alternatives measured and dropped as slower: walking the trees level by level
+with a gather of the feature value at every step, building the next-node table with
+``np.where``, and ``int32`` indices (faster for batches, slower for the common single row).
 
 The results are bit-for-bit those of sklearn: rows are cast to float32 before being compared
 with the float64 thresholds (as sklearn does), and per-tree probabilities are summed in tree
@@ -24,13 +26,12 @@ anyway; the order matters for forests with mixed leaves, which the tests also co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from service.ml.artifact import ModelManifest
+from service.ml.manifest import ModelManifest
 
 FloatArray = npt.NDArray[np.float64]
 _IndexArray = npt.NDArray[np.intp]
@@ -40,8 +41,22 @@ _TREE_LEAF = -1
 _TABLE_ENTRIES = 1 << 18
 
 
-class Predictor:
-    """A loaded model: immutable after construction, so one instance serves all threads."""
+class Predictor(Protocol):
+    """A loaded model, immutable after construction, so one instance serves all threads."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    def predict_proba(self, X: FloatArray) -> FloatArray:
+        """Class probabilities, one row per row of `X` (n, features), in manifest order."""
+        ...
+
+
+class ForestPredictor:
+    """A fitted `RandomForestClassifier`, packed once into flat arrays (see module doc)."""
 
     __slots__ = (
         "_depth",

@@ -7,7 +7,6 @@ tokens at once; a deleted and re-created user gets a new one, so old tokens stay
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,39 +14,12 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from service.core.config import RateSpec
-from service.core.redis import USERS_SET, Scripts, rate_key, user_key
-from service.core.security import PasswordHasher
-
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
-_USERNAME_RE = re.compile(USERNAME_PATTERN)
-MIN_PASSWORD_LENGTH = 12
-MAX_PASSWORD_LENGTH = 1024
-KNOWN_SCOPES = frozenset({"predict", "admin"})
-
-
-def normalize_username(username: str) -> str:
-    """Usernames compare case-insensitively: store and look up the lower-case form."""
-    if not _USERNAME_RE.fullmatch(username):
-        raise ValueError("username must be 3-64 characters of letters, digits, '_', '.', '-'")
-    return username.lower()
-
-
-def check_password(username: str, password: str) -> str:
-    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-        raise ValueError(
-            f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long"
-        )
-    if password.lower() == username.lower():
-        raise ValueError("password must not be the username")
-    return password
-
-
-def check_scopes(scopes: set[str] | frozenset[str] | list[str]) -> frozenset[str]:
-    unknown = set(scopes) - KNOWN_SCOPES
-    if unknown:
-        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(KNOWN_SCOPES)}")
-    return frozenset(scopes)
+from service.auth.passwords import PasswordHasher
+from service.auth.rules import normalize_username
+from service.auth.scopes import Scope
+from service.infra.keys import USERS_SET, user_key
+from service.infra.redis import Scripts
+from service.limits.rates import Rate
 
 
 def new_token_version() -> str:
@@ -58,7 +30,7 @@ def new_token_version() -> str:
 class User:
     username: str
     password_hash: str
-    scopes: frozenset[str]
+    scopes: frozenset[Scope]
     disabled: bool
     created_at: float
     token_version: str
@@ -69,7 +41,7 @@ class User:
         return cls(
             username=username,
             password_hash=fields["hash"],
-            scopes=frozenset(fields.get("scopes", "").split()),
+            scopes=frozenset(Scope(name) for name in fields.get("scopes", "").split()),
             disabled=fields.get("disabled") == "1",
             created_at=float(fields.get("created_at", "0")),
             token_version=fields["token_version"],
@@ -83,7 +55,27 @@ class UserStore:
     def __init__(self, redis: Redis, scripts: Scripts, hasher: PasswordHasher) -> None:
         self._redis = redis
         self._scripts = scripts
-        self.hasher = hasher
+        self._hasher = hasher
+
+    async def authenticate(self, username: str, password: str) -> User | None:
+        """The enabled user these credentials belong to, or None. Costs one Argon2 check
+        whether or not the user exists, so timing does not tell which part was wrong."""
+        try:
+            name: str | None = normalize_username(username)
+        except ValueError:
+            name = None
+        user = await self.get(name) if name else None
+        valid, new_hash = await self._hasher.verify(password, user.password_hash if user else None)
+        if user is None or not valid or user.disabled:
+            return None
+        if new_hash is not None:
+            await self.store_rehash(user, new_hash)
+        return user
+
+    async def password_matches(self, user: User, password: str) -> bool:
+        """Whether `password` is the user's current one (Argon2, off the event loop)."""
+        valid, _ = await self._hasher.verify(password, user.password_hash)
+        return valid
 
     async def get(self, username: str) -> User | None:
         # decode_responses=True: Redis answers str, which redis-py's stubs cannot know.
@@ -92,9 +84,9 @@ class UserStore:
             return None
         return User.from_hash(username, fields)
 
-    async def create(self, username: str, password: str, scopes: frozenset[str]) -> bool:
+    async def create(self, username: str, password: str, scopes: frozenset[Scope]) -> bool:
         """Create the user unless it exists; returns whether it was created."""
-        password_hash = await self.hasher.hash(password)
+        password_hash = await self._hasher.hash(password)
         fields = {
             "hash": password_hash,
             "scopes": " ".join(sorted(scopes)),
@@ -120,8 +112,8 @@ class UserStore:
         *,
         disabled: bool | None = None,
         password: str | None = None,
-        scopes: frozenset[str] | None = None,
-        rate_limit: RateSpec | None = None,
+        scopes: frozenset[Scope] | None = None,
+        rate_limit: Rate | None = None,
         clear_rate_limit: bool = False,
     ) -> bool:
         """Apply the given changes. Disabling, a new password or new scopes revoke the user's
@@ -131,7 +123,7 @@ class UserStore:
         if disabled is not None:
             fields["disabled"] = "1" if disabled else "0"
         if password is not None:
-            fields["hash"] = await self.hasher.hash(password)
+            fields["hash"] = await self._hasher.hash(password)
         if scopes is not None:
             fields["scopes"] = " ".join(sorted(scopes))
         if disabled or password is not None or scopes is not None:
@@ -162,9 +154,7 @@ class UserStore:
 
     async def delete(self, username: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
-            # Its quota too: a user created later under the same name starts afresh.
             pipe.delete(user_key(username))
-            pipe.delete(rate_key("predict", username))
             pipe.srem(USERS_SET, username)
-            deleted, _, _ = await pipe.execute()
+            deleted, _ = await pipe.execute()
         return bool(deleted)

@@ -1,34 +1,32 @@
-"""Password hashing and JWT issue/verification.
+"""Access and refresh tokens: issue and verify JWTs.
 
-Passwords: Argon2id through libpass (imported as `passlib`), off the event loop, with a bound
-on how many hashes run at once (each one takes tens of MiB). Tokens: python-jose with the
-algorithm list pinned, every registered claim required, issuer and audience checked, and a
-`kid` header so that retired keys keep verifying until their tokens expire.
+python-jose with the algorithm list pinned, every registered claim required, issuer and
+audience checked, and a `kid` header so that retired keys keep verifying until their tokens
+expire. Verification is pure CPU; whether a valid token was revoked is the gate's question.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 from cryptography.hazmat.primitives import serialization
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError
-from passlib.context import CryptContext
 
-from service.core.config import Settings
+from service.auth.scopes import Scope
+from service.infra.config import Settings
 
 TokenUse = Literal["access", "refresh"]
 MAX_TOKEN_LENGTH = 4096
 LEEWAY_SECONDS = 5
 VERIFIED_CACHE_SIZE = 4096
 _REQUIRED = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
+_SCOPE_NAMES = frozenset(scope.value for scope in Scope)
 _DECODE_OPTIONS = {f"require_{name}": True for name in _REQUIRED} | {"leeway": LEEWAY_SECONDS}
 
 
@@ -40,38 +38,10 @@ class InvalidTokenError(Exception):
         self.reason = reason
 
 
-class PasswordHasher:
-    """Argon2id hashing; unknown users are verified against a dummy hash so that a wrong
-    username costs the same time as a wrong password."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._context = CryptContext(
-            schemes=["argon2"],
-            argon2__time_cost=settings.argon2_time_cost,
-            argon2__memory_cost=settings.argon2_memory_cost_kib,
-            argon2__parallelism=settings.argon2_parallelism,
-        )
-        self._limiter = anyio.CapacityLimiter(settings.password_hash_concurrency)
-        self._dummy_hash = self._context.hash(secrets.token_urlsafe(24))
-
-    async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._context.hash, password, limiter=self._limiter)
-
-    async def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
-        """Return (valid, new_hash); new_hash is set when the stored hash used older parameters."""
-        target = stored_hash or self._dummy_hash
-        valid, new_hash = await anyio.to_thread.run_sync(
-            self._context.verify_and_update, password, target, limiter=self._limiter
-        )
-        if stored_hash is None:
-            return False, None
-        return bool(valid), new_hash
-
-
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     subject: str
-    scopes: frozenset[str]
+    scopes: frozenset[Scope]
     jti: str
     use: TokenUse
     version: str
@@ -151,11 +121,7 @@ class TokenService:
                 self._public_pems[old_kid] = old_pem
             self._verify_keys = {k: v.decode() for k, v in self._public_pems.items()}
 
-    @property
-    def access_ttl(self) -> int:
-        return self._access_ttl
-
-    def issue_pair(self, username: str, scopes: frozenset[str], version: str) -> TokenPair:
+    def issue_pair(self, username: str, scopes: frozenset[Scope], version: str) -> TokenPair:
         now = int(time.time())
         access = self._encode(username, scopes, version, "access", now, self._access_ttl)
         refresh = self._encode(username, scopes, version, "refresh", now, self._refresh_ttl)
@@ -164,7 +130,7 @@ class TokenService:
     def _encode(
         self,
         username: str,
-        scopes: frozenset[str],
+        scopes: frozenset[Scope],
         version: str,
         use: TokenUse,
         now: int,
@@ -256,7 +222,7 @@ def _claims(claims: dict[str, Any], expected: TokenUse) -> TokenClaims:
         raise InvalidTokenError("invalid")
     return TokenClaims(
         subject=subject,
-        scopes=frozenset(scope.split()),
+        scopes=frozenset(Scope(name) for name in scope.split() if name in _SCOPE_NAMES),
         jti=jti,
         use=use,
         version=version,

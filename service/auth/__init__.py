@@ -1,0 +1,1 @@
+"""Who may call: account rules, password hashing, tokens, users and token revocation."""

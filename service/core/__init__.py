@@ -1,1 +1,0 @@
-"""Cross-cutting pieces: configuration, security, Redis, rate limiting, errors."""
