@@ -1,6 +1,6 @@
 -- wrk script of `make bench` (deploy/bench/bench.py): the request comes from the environment
 -- (BENCH_METHOD, BENCH_TOKEN, BENCH_BODY_FILE) so one script serves every scenario, and
--- done() prints exact percentiles as one JSON line, which bench.py parses instead of
+-- done() prints exact percentiles as one JSON line, which wrk.py parses instead of
 -- wrk's rounded human-readable table.
 
 local method = os.getenv("BENCH_METHOD") or "GET"
