@@ -36,16 +36,16 @@ def _lib(*names: str) -> re.Pattern[str]:
 # (e.g. json.loads inside python-jose is JWT cost, asyncio writes inside redis-py are
 # Redis client cost).
 CATEGORIES: list[tuple[str, re.Pattern[str], bool]] = [
-    ("JWT decode (python-jose + security.decode)",
-     re.compile(r"[(/](jose|ecdsa|cryptography)/|security\.py"), True),
+    ("JWT decode (python-jose + auth/tokens.py)",
+     re.compile(r"[(/](jose|ecdsa|cryptography)/|service/auth/tokens\.py"), True),
     ("Redis client (redis-py asyncio)", _lib("redis"), True),
     ("model inference (forest, numpy)", _lib("service/ml", "numpy", "sklearn"), True),
     ("pydantic validation", re.compile(r"[(/](pydantic|pydantic_core)/|fastapi/_compat"), True),
-    ("logging", re.compile(r"[(/]logging/|service/core/log"), True),
+    ("logging", re.compile(r"[(/]logging/|service/infra/logs"), True),
     ("metrics (prometheus_client)", re.compile(r"[(/]prometheus_client/|metrics\.py"), True),
     ("JSON (json stdlib, fastapi encoders)", re.compile(r"[(/]json/|fastapi/encoders"), True),
-    ("rate limiter (fastapi-limiter, pyrate-limiter, ratelimit.py)",
-     re.compile(r"[(/](fastapi_limiter|pyrate_limiter)/|ratelimit\.py"), False),
+    ("rate limiter (fastapi-limiter, pyrate-limiter, limits/limiter.py)",
+     re.compile(r"[(/](fastapi_limiter|pyrate_limiter)/|service/limits/limiter\.py"), False),
     ("service: deps, routes, middleware", _lib("service"), False),
     ("FastAPI/Starlette routing, DI, responses", _lib("fastapi", "starlette"), False),
     ("uvicorn + httptools (HTTP server)",
@@ -57,7 +57,7 @@ OTHER = "other (stdlib, interpreter, gc)"
 # Functions whose inclusive share (they and everything they call) is reported.
 INCLUSIVE = [
     ("TokenService.decode (JWT)", r"TokenService\.decode \("),
-    ("run_gate (Redis round trip incl. client)", r"run_gate \("),
+    ("Gate._run (Redis round trip incl. client)", r"Gate\._run \("),
     ("PolicyLimiter.__call__ (whole limiter)", r"PolicyLimiter\.__call__ \("),
     ("predict_user dependency", r"predict_user \("),
     ("solve_dependencies (FastAPI DI)", r"solve_dependencies \("),
@@ -65,7 +65,7 @@ INCLUSIVE = [
     ("request body validation", r"(request_body_to_args|_validate_value_with_model_field) \("),
     ("predict endpoint body", r"predict \(service/api/routes/predict\.py"),
     ("_predictions (forest + dicts)", r"_predictions \("),
-    ("Predictor.predict_proba", r"Predictor\.predict_proba \("),
+    ("ForestPredictor.predict_proba", r"ForestPredictor\.predict_proba \("),
     ("_json (orjson response)", r"_json \("),
     ("uvicorn RequestResponseCycle.send", r"RequestResponseCycle\.send \("),
 ]

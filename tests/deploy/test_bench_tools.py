@@ -45,18 +45,18 @@ def test_profile_analysis_charges_innermost_library(
     profiling = importlib.import_module("profiling")
     folded = tmp_path / "folded.txt"
     uv = "run (uvicorn/protocols/http/httptools_impl.py:10)"
-    limiter = "put (service/core/ratelimit.py:140)"
+    limiter = "put (service/limits/limiter.py:140)"
     folded.write_text(
         f"{uv};{limiter};execute (redis/asyncio/client.py:5);write (asyncio/transports.py:1) 3\n"
-        f"{uv};decode (service/core/security.py:200);loads (json/__init__.py:1) 1\n"
+        f"{uv};decode (service/auth/tokens.py:200);loads (json/__init__.py:1) 1\n"
         f"{uv};{limiter} 1\n"
     )
     analysis = profiling.analyse_folded(folded)
     assert analysis["samples"] == 5
     categories = analysis["categories"]
     assert categories["Redis client (redis-py asyncio)"] == pytest.approx(0.6)
-    assert categories["JWT decode (python-jose + security.decode)"] == pytest.approx(0.2)
-    assert categories["rate limiter (fastapi-limiter, pyrate-limiter, ratelimit.py)"] == 0.2
+    assert categories["JWT decode (python-jose + auth/tokens.py)"] == pytest.approx(0.2)
+    assert categories["rate limiter (fastapi-limiter, pyrate-limiter, limits/limiter.py)"] == 0.2
 
 
 def test_loadtest_duration_syntax() -> None:
