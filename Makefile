@@ -1,4 +1,4 @@
-# secure-ml-api: every command of the public contract (../shared/CONTRACT.md §1).
+# secure-ml-api: every command the README's Commands section lists.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -38,6 +38,7 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(PY) deploy/lint.py
 
 fmt: install

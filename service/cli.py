@@ -15,8 +15,8 @@ import getpass
 import sys
 from collections.abc import Sequence
 
-from service.auth.rules import check_password, check_scopes, normalize_username
 from service.infra.config import Settings, load_settings
+from service.rules.accounts import check_password, check_scopes, normalize_username
 from service.runtime import Runtime
 
 

@@ -15,8 +15,6 @@ from redis.exceptions import RedisError
 
 from service.auth.passwords import PasswordHasher
 from service.auth.revocation import Revocations
-from service.auth.rules import normalize_username
-from service.auth.scopes import Scope
 from service.auth.tokens import TokenService
 from service.auth.users import UserStore
 from service.infra.config import Settings
@@ -24,9 +22,11 @@ from service.infra.metrics import count_redis_error
 from service.infra.redis import Scripts, create_redis
 from service.limits.gate import Gate
 from service.limits.limiter import Limits
-from service.limits.policies import POLICIES, PREDICT
 from service.ml.artifact import load_model
 from service.ml.predictor import Predictor
+from service.rules.accounts import normalize_username
+from service.rules.policies import POLICIES, PREDICT
+from service.rules.scopes import Scope
 
 logger = logging.getLogger(__name__)
 

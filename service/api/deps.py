@@ -14,14 +14,13 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 from fastapi.security import OAuth2PasswordBearer
 
-from service.auth.scopes import Scope
 from service.auth.tokens import InvalidTokenError, TokenClaims
-from service.infra.config import Settings
 from service.infra.context import request_context
 from service.infra.errors import insufficient_scope, invalid_token, missing_token
 from service.limits.gate import GateStatus
 from service.limits.limiter import refuse_token
-from service.limits.policies import PREDICT, Policy
+from service.rules.policies import PREDICT, Policy
+from service.rules.scopes import Scope
 from service.runtime import Runtime
 
 oauth2_scheme = OAuth2PasswordBearer(
@@ -39,13 +38,6 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @dataclass(frozen=True, slots=True)

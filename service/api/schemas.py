@@ -23,15 +23,15 @@ from pydantic import (
     create_model,
 )
 
-from service.auth.rules import (
+from service.ml.manifest import Feature, ModelManifest
+from service.rules.accounts import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
     USERNAME_PATTERN,
     check_scopes,
 )
-from service.auth.scopes import Scope
-from service.limits.rates import RATE_PATTERN, Rate
-from service.ml.manifest import Feature, ModelManifest
+from service.rules.rates import RATE_PATTERN, Rate
+from service.rules.scopes import Scope
 
 Username = Annotated[
     str, StringConstraints(pattern=USERNAME_PATTERN), AfterValidator(lambda v: v.lower())

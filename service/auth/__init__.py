@@ -1,1 +1,1 @@
-"""Who may call: account rules, password hashing, tokens, users and token revocation."""
+"""Who may call: password hashing, tokens, users and token revocation."""

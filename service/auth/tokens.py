@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError
 
-from service.auth.scopes import Scope
 from service.infra.config import Settings
+from service.rules.scopes import Scope
 
 TokenUse = Literal["access", "refresh"]
 MAX_TOKEN_LENGTH = 4096

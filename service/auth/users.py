@@ -15,11 +15,11 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.auth.passwords import PasswordHasher
-from service.auth.rules import normalize_username
-from service.auth.scopes import Scope
 from service.infra.keys import USERS_SET, user_key
 from service.infra.redis import Scripts
-from service.limits.rates import Rate
+from service.rules.accounts import normalize_username
+from service.rules.rates import Rate
+from service.rules.scopes import Scope
 
 
 def new_token_version() -> str:
@@ -71,11 +71,6 @@ class UserStore:
         if new_hash is not None:
             await self.store_rehash(user, new_hash)
         return user
-
-    async def password_matches(self, user: User, password: str) -> bool:
-        """Whether `password` is the user's current one (Argon2, off the event loop)."""
-        valid, _ = await self._hasher.verify(password, user.password_hash)
-        return valid
 
     async def get(self, username: str) -> User | None:
         # decode_responses=True: Redis answers str, which redis-py's stubs cannot know.

@@ -25,9 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.auth.rules import check_password, normalize_username
-from service.limits.policies import POLICIES, Policy
-from service.limits.rates import Rate, RateField
+from service.rules.accounts import check_password, normalize_username
+from service.rules.policies import POLICIES, Policy
+from service.rules.rates import Rate, RateField
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ _S = TypeVar("_S", bound=BaseSettings)
 
 def _with_policy_rates(cls: type[_S]) -> type[_S]:
     """Add one `Rate` field per rate-limit policy (`rate_limit_predict` is read from
-    RATE_LIMIT_PREDICT, ...), so that a policy is declared once, in limits/policies.py."""
+    RATE_LIMIT_PREDICT, ...), so that a policy is declared once, in rules/policies.py."""
     fields: Any = {
         policy.setting: (
             Annotated[RateField, NoDecode],

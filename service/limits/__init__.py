@@ -1,1 +1,1 @@
-"""How often they may call: rate-limit policies and the per-request gate in Redis."""
+"""How often they may call: the per-request gate in Redis and the rate-limit dependencies."""

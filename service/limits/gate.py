@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from service.auth.tokens import TokenClaims
 from service.infra.keys import rate_key, revoked_key, user_key
 from service.infra.redis import Scripts
-from service.limits.policies import Policy
-from service.limits.rates import Rate
+from service.rules.policies import Policy
+from service.rules.rates import Rate
 
 
 class GateStatus(IntEnum):

@@ -27,14 +27,14 @@ from pyrate_limiter import AbstractBucket, BucketFactory, Duration, Limiter, Rat
 from pyrate_limiter import Rate as PyrateRate
 from redis.exceptions import RedisError
 
-from service.auth.rules import normalize_username
 from service.auth.tokens import TokenClaims
 from service.infra.context import request_context
 from service.infra.errors import invalid_token
 from service.infra.metrics import RATE_LIMITED, count_redis_error
 from service.limits.gate import Gate, GateDecision, GateStatus
-from service.limits.policies import CountedBy, Policy
-from service.limits.rates import Rate
+from service.rules.accounts import normalize_username
+from service.rules.policies import CountedBy, Policy
+from service.rules.rates import Rate
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from jose import jwt
 from pydantic import SecretStr
 
 from service.auth.passwords import PasswordHasher
-from service.auth.scopes import Scope
 from service.auth.tokens import VERIFIED_CACHE_SIZE, InvalidTokenError, TokenService
 from service.infra.config import Settings
 from service.main import create_app
+from service.rules.scopes import Scope
 from tests.support.auth import bearer, login
 from tests.support.settings import ADMIN_PASSWORD
 

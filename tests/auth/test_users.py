@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.auth.scopes import Scope
 from service.auth.users import UserStore
+from service.rules.scopes import Scope
 
 
 async def test_a_login_rehash_never_overwrites_a_newer_password(app: FastAPI) -> None:
@@ -18,7 +18,7 @@ async def test_a_login_rehash_never_overwrites_a_newer_password(app: FastAPI) ->
     now = await store.get("rita")
     assert now is not None
     assert now.password_hash != "$argon2id$rehash-of-the-old-password"
-    assert await store.password_matches(now, "new-password-456")
+    assert await store.authenticate("rita", "new-password-456") is not None
 
 
 async def test_a_login_rehash_is_stored_when_nothing_changed(app: FastAPI) -> None:

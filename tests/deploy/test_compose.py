@@ -34,7 +34,7 @@ SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
 def _engine_problem() -> str | None:
     """Why the stack cannot run here, or None when an engine and Compose answer."""
     if shutil.which("docker") is None:
-        return "no docker CLI on PATH (../shared/tools/docker-engine start installs one)"
+        return "no docker CLI on PATH"
     for command in (["docker", "info"], ["docker", "compose", "version"]):
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode:

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from schemathesis.python import asgi
 
 from service.api.schemas import PredictionSchemas, RefreshRequest, UserCreate
-from service.auth.rules import check_password
 from service.infra.config import Settings
-from service.limits.rates import MAX_RATE_LIMIT, Rate
 from service.ml.artifact import read_manifest
+from service.rules.accounts import check_password
+from service.rules.rates import MAX_RATE_LIMIT, Rate
 from tests.fuzz.conftest import fuzz_examples, fuzz_hypothesis_settings
 from tests.support.auth import bearer, login_sync
 from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME, USER_PASSWORD, trained_model_dir

@@ -11,8 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.infra.config import Settings
-from service.limits.policies import PREDICT
-from service.limits.rates import Rate
+from service.rules.policies import PREDICT
+from service.rules.rates import Rate
 
 GOOD_SECRET = "k" * 16 + "-random-enough-" + "q" * 16
 

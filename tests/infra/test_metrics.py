@@ -9,9 +9,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from service.auth.scopes import Scope
 from service.auth.tokens import TokenService
 from service.main import create_app
+from service.rules.scopes import Scope
 from tests.support.auth import bearer
 from tests.support.processes import free_port
 from tests.support.prom import samples, value

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from service.infra.config import Settings
-from service.limits.policies import POLICIES
 from service.ml.train import train
+from service.rules.policies import POLICIES
 
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin-password-for-tests"

@@ -13,7 +13,7 @@ from service.auth.revocation import Rotation
 from service.auth.tokens import InvalidTokenError, TokenPair
 from service.infra.context import request_context
 from service.infra.errors import invalid_token
-from service.limits.policies import LOGIN, LOGIN_IP, PUBLIC
+from service.rules.policies import LOGIN, LOGIN_IP, PUBLIC
 
 router = APIRouter(tags=["auth"])
 

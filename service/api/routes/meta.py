@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.deps import RuntimeDep, rate_limit
 from service.api.schemas import HealthOut, MessageOut, ReadyOut
-from service.limits.policies import PUBLIC
+from service.rules.policies import PUBLIC
 
 router = APIRouter(tags=["meta"])
 

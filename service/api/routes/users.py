@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from service.api.deps import AdminUser, CurrentUser, RuntimeDep
 from service.api.schemas import UserCreate, UserDetail, UserOut, UserUpdate
-from service.auth.rules import USERNAME_PATTERN, check_password
 from service.auth.users import User
-from service.limits.rates import Rate
+from service.rules.accounts import USERNAME_PATTERN, check_password
+from service.rules.rates import Rate
 
 router = APIRouter(prefix="/users", tags=["users"])
 

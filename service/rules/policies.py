@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from service.limits.rates import Rate
+from service.rules.rates import Rate
 
 
 class CountedBy(StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from service.auth.scopes import Scope
+from service.rules.scopes import Scope
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
 _USERNAME_RE = re.compile(USERNAME_PATTERN)
