@@ -15,6 +15,7 @@ import getpass
 import sys
 from collections.abc import Sequence
 
+from service.auth.users import AdminChangeRefused
 from service.infra.config import Settings, load_settings
 from service.rules.accounts import check_password, check_scopes, normalize_username
 from service.runtime import Runtime
@@ -55,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _change(runtime: Runtime, command: str, username: str) -> bool:
+    """Apply one change to an existing user; False when there is no such user."""
+    if command in ("disable", "enable"):
+        return await runtime.users.update(username, disabled=command == "disable")
+    if command == "set-password":
+        return await runtime.users.update(username, password=_read_password(username))
+    if command == "revoke-tokens":
+        return await runtime.users.revoke_tokens(username)
+    return await runtime.delete_user(username)
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime.open(settings, with_model=False)
     store = runtime.users
@@ -71,14 +83,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"user {username!r} already exists", file=sys.stderr)
                 return 1
             done = True
-        elif args.command in ("disable", "enable"):
-            done = await store.update(username, disabled=args.command == "disable")
-        elif args.command == "set-password":
-            done = await store.update(username, password=_read_password(username))
-        elif args.command == "revoke-tokens":
-            done = await store.revoke_tokens(username)
         else:
-            done = await runtime.delete_user(username)
+            try:
+                done = await _change(runtime, args.command, username)
+            except AdminChangeRefused as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return 1
         if not done:
             print(f"no user named {username!r}", file=sys.stderr)
             return 1

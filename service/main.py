@@ -7,6 +7,7 @@ Run it with gunicorn: `gunicorn -c deploy/gunicorn.conf.py 'service.main:create_
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api.routes import auth, meta, predict, users
+from service.api.routes import auth, meta, predict, sessions, users
 from service.infra import metrics
 from service.infra.config import Settings, load_settings
 from service.infra.errors import install_error_handlers
@@ -43,8 +44,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             f"{served.version}): restart to serve the new one"
         )
     app.state.runtime = runtime
+    catching_up = None
     try:
-        await runtime.ensure_admin()
+        if not await runtime.prepare_storage():
+            catching_up = asyncio.create_task(runtime.keep_preparing_storage())
         # The model and libraries leave ~150k long-lived objects: freeze them so that full
         # collections stop rescanning them (they caused the p99 tail).
         gc.collect()
@@ -55,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        if catching_up is not None:
+            catching_up.cancel()
         await runtime.close()
         logger.info("stopped")
 
@@ -72,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             features=", ".join(manifest.feature_names),
         ),
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # Tokens stay in the page's memory: persisting them to localStorage would hand them
+        # to any script that ever runs on this origin, and outlive the tab.
+        swagger_ui_parameters={"persistAuthorization": False},
     )
     app.state.settings = settings
     app.state.manifest = manifest
@@ -81,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         meta.router,
         auth.router,
         users.router,
+        sessions.router,
         predict.build_router(manifest),
         metrics.router,
     ):

@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.auth.passwords import PasswordHasher
-from service.auth.revocation import Revocations
+from service.auth.sessions import SessionStore
 from service.auth.tokens import TokenService
 from service.auth.users import UserStore
 from service.infra.config import Settings
-from service.infra.metrics import count_redis_error
+from service.infra.metrics import REDIS_MEMORY_RATIO, count_redis_error
 from service.infra.redis import Scripts, create_redis
 from service.limits.gate import Gate
 from service.limits.limiter import Limits
@@ -30,6 +30,9 @@ from service.rules.scopes import Scope
 
 logger = logging.getLogger(__name__)
 
+STORAGE_RETRY_FIRST_SECONDS = 0.5
+STORAGE_RETRY_MAX_SECONDS = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
@@ -37,7 +40,7 @@ class Runtime:
     redis: Redis
     tokens: TokenService
     users: UserStore
-    revocations: Revocations
+    sessions: SessionStore
     gate: Gate
     limits: Limits
     _predictor: Predictor | None
@@ -49,12 +52,20 @@ class Runtime:
         redis = create_redis(settings)
         scripts = Scripts.register(redis)
         gate = Gate(redis, scripts)
+        tokens = TokenService(settings)
+        sessions = SessionStore(
+            redis,
+            scripts,
+            tokens,
+            max_per_user=settings.max_sessions_per_user,
+            max_age_seconds=settings.session_max_age_seconds,
+        )
         return cls(
             settings=settings,
             redis=redis,
-            tokens=TokenService(settings),
-            users=UserStore(redis, scripts, PasswordHasher(settings)),
-            revocations=Revocations(redis, scripts),
+            tokens=tokens,
+            users=UserStore(redis, scripts, PasswordHasher(settings), sessions),
+            sessions=sessions,
             gate=gate,
             limits=Limits(
                 gate,
@@ -73,6 +84,26 @@ class Runtime:
             raise RuntimeError("this runtime was opened without the model")
         return self._predictor
 
+    async def prepare_storage(self) -> bool:
+        """Bring data written by earlier releases up to date, then ensure the admin; False
+        when Redis does not answer (see `keep_preparing_storage`)."""
+        try:
+            await self.users.adopt_legacy_records()
+            await self.ensure_admin()
+        except RedisError as exc:
+            count_redis_error(exc)
+            logger.warning("storage not ready at start (%s): retrying", type(exc).__name__)
+            return False
+        return True
+
+    async def keep_preparing_storage(self) -> None:
+        """Retry `prepare_storage` until it succeeds: a worker that starts while Redis is
+        down serves (503 where Redis is needed, readiness failing) and catches up."""
+        delay = STORAGE_RETRY_FIRST_SECONDS
+        while not await self.prepare_storage():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORAGE_RETRY_MAX_SECONDS)
+
     async def ensure_admin(self) -> None:
         """Create the bootstrap admin (ADMIN_USERNAME) if absent; never overwrite it."""
         settings = self.settings
@@ -85,18 +116,26 @@ class Runtime:
         if await self.users.create(username, password, frozenset({Scope.ADMIN, Scope.PREDICT})):
             logger.info("created admin user %r", username)
 
-    async def delete_user(self, username: str) -> bool:
-        """Delete a user and its quota, so whoever gets the name later starts afresh."""
-        if not await self.users.delete(username):
+    async def delete_user(self, username: str, *, actor: str | None = None) -> bool:
+        """Delete a user, its sessions and its quota, so whoever gets the name later starts
+        afresh. Raises AdminChangeRefused (see UserStore)."""
+        if not await self.users.delete(username, actor=actor):
             return False
         await self.gate.forget(PREDICT, username)
         return True
 
-    async def storage_ready(self) -> bool:
-        """Whether Redis answers within the socket timeout."""
+    async def storage_memory(self) -> float | None:
+        """Redis's used memory as a fraction of its `maxmemory` (0 when it has none), or
+        None when Redis does not answer within the socket timeout. A full Redis refuses
+        writes (logins, refreshes), so readiness reports the pressure before that."""
         try:
-            await asyncio.wait_for(self.redis.ping(), timeout=self.settings.redis_socket_timeout)
+            info = await asyncio.wait_for(
+                self.redis.info("memory"), timeout=self.settings.redis_socket_timeout
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             count_redis_error(exc)
-            return False
-        return True
+            return None
+        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        ratio = used / limit if limit else 0.0
+        REDIS_MEMORY_RATIO.set(ratio)
+        return ratio

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from service.infra.keys import user_key
 from tests.support.processes import RedisProcess
 
 PASSWORD = "cli-password-123"
@@ -45,24 +46,33 @@ def cli(
 
 async def test_cli_user_lifecycle(cli_env: dict[str, str], tmp_path: Path, redis: Redis) -> None:
     added = cli(
-        cli_env, tmp_path, "users", "add", "Bob", "--scopes", "predict,admin", stdin=PASSWORD + "\n"
+        cli_env, tmp_path, "users", "add", "Bob", "--scopes", "predict", stdin=PASSWORD + "\n"
     )
     assert added.returncode == 0, added.stderr
     assert PASSWORD not in added.stdout + added.stderr
     assert cli(cli_env, tmp_path, "users", "add", "bob", stdin=PASSWORD + "\n").returncode == 1
     listed = cli(cli_env, tmp_path, "users", "list")
-    assert listed.stdout.strip() == "bob\tadmin,predict\tenabled"
+    assert listed.stdout.strip() == "bob\tpredict\tenabled"
     assert cli(cli_env, tmp_path, "users", "disable", "bob").returncode == 0
     assert "disabled" in cli(cli_env, tmp_path, "users", "list").stdout
     assert cli(cli_env, tmp_path, "users", "enable", "bob").returncode == 0
-    version = await redis.hget("sma:user:bob", "token_version")
+    version = await redis.hget(user_key("bob"), "token_version")
     assert cli(cli_env, tmp_path, "users", "revoke-tokens", "bob").returncode == 0
-    assert await redis.hget("sma:user:bob", "token_version") != version
+    assert await redis.hget(user_key("bob"), "token_version") != version
     changed = cli(cli_env, tmp_path, "users", "set-password", "bob", stdin="another-password-1\n")
     assert changed.returncode == 0, changed.stderr
     assert cli(cli_env, tmp_path, "users", "delete", "bob").returncode == 0
     assert cli(cli_env, tmp_path, "users", "delete", "bob").returncode == 1
     assert cli(cli_env, tmp_path, "users", "list").stdout == ""
+
+
+def test_cli_keeps_the_last_admin(cli_env: dict[str, str], tmp_path: Path) -> None:
+    root = ("users", "add", "root", "--scopes", "predict,admin")
+    assert cli(cli_env, tmp_path, *root, stdin=PASSWORD + "\n").returncode == 0
+    for command in ("disable", "delete"):
+        refused = cli(cli_env, tmp_path, "users", command, "root")
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == "refused: this is the last enabled admin"
 
 
 def test_cli_rejects_weak_password(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -159,7 +159,22 @@ class RefreshRequest(StrictModel):
 
 
 class LogoutRequest(StrictModel):
-    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    all_sessions: bool = Field(
+        default=False, description="End every session of the caller, not only this one"
+    )
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        default=None, description="A refresh token of another session of the caller to end too"
+    )
+
+
+class SessionOut(BaseModel):
+    sid: str
+    created_at: datetime
+    last_used_at: datetime = Field(description="The last refresh (created_at before any)")
+    expires_at: datetime = Field(description="When it ends unless refreshed first")
+    current: bool = Field(description="The session of the token making this request")
+    ip: str = Field(description="The client address at login")
+    user_agent: str = Field(description="The client's User-Agent at login")
 
 
 def _default_scopes() -> list[Scope]:

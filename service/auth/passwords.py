@@ -31,9 +31,12 @@ class PasswordHasher:
     async def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
         """Return (valid, new_hash); new_hash is set when the stored hash used older parameters."""
         target = stored_hash or self._dummy_hash
-        valid, new_hash = await anyio.to_thread.run_sync(
-            self._context.verify_and_update, password, target, limiter=self._limiter
-        )
+        try:
+            valid, new_hash = await anyio.to_thread.run_sync(
+                self._context.verify_and_update, password, target, limiter=self._limiter
+            )
+        except ValueError:  # passlib refuses the input (e.g. too long): not a match
+            return False, None
         if stored_hash is None:
             return False, None
         return bool(valid), new_hash

@@ -2,7 +2,16 @@
 
 python-jose with the algorithm list pinned, every registered claim required, issuer and
 audience checked, and a `kid` header so that retired keys keep verifying until their tokens
-expire. Verification is pure CPU; whether a valid token was revoked is the gate's question.
+expire. Verification is pure CPU; whether a valid token's session still lives is the gate's
+question.
+
+Every token belongs to a session (`sid`), and carries when that session ends at the latest
+(`sxp`), so no refresh can extend it.
+
+The clock rule: a token is accepted from `nbf - LEEWAY_SECONDS` to `exp + LEEWAY_SECONDS`,
+in float seconds, decided by `check_clock` alone (python-jose's own whole-second checks,
+which accept until just under `exp + leeway + 1`, are turned off). Anything that must
+outlive a token, such as a session record, lives past `accepted_until(exp)`.
 """
 
 from __future__ import annotations
@@ -16,7 +25,6 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from jose import jwk, jwt
-from jose.exceptions import ExpiredSignatureError
 
 from service.infra.config import Settings
 from service.rules.scopes import Scope
@@ -27,7 +35,16 @@ LEEWAY_SECONDS = 5
 VERIFIED_CACHE_SIZE = 4096
 _REQUIRED = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
 _SCOPE_NAMES = frozenset(scope.value for scope in Scope)
-_DECODE_OPTIONS = {f"require_{name}": True for name in _REQUIRED} | {"leeway": LEEWAY_SECONDS}
+# Time claims are required here but checked by `check_clock`, the one clock rule.
+_DECODE_OPTIONS = {f"require_{name}": True for name in _REQUIRED} | {
+    "verify_exp": False,
+    "verify_nbf": False,
+}
+
+
+def accepted_until(expires_at: float) -> float:
+    """The last moment (epoch seconds) at which a token expiring at `expires_at` is taken."""
+    return expires_at + LEEWAY_SECONDS
 
 
 class InvalidTokenError(Exception):
@@ -45,21 +62,40 @@ class TokenClaims:
     jti: str
     use: TokenUse
     version: str
+    session: str
+    session_ends_at: int
     issued_at: int
     expires_at: int
     not_before: int
 
-    def remaining_ms(self, now: float | None = None) -> int:
-        """Milliseconds until expiry (at least 1), the TTL of anything that revokes it."""
-        now = time.time() if now is None else now
-        return max(1, int((self.expires_at + LEEWAY_SECONDS - now) * 1000))
+
+def check_clock(claims: TokenClaims, now: float | None = None) -> None:
+    """The clock rule (see the module docstring); raise InvalidTokenError when it fails."""
+    now = time.time() if now is None else now
+    if now > accepted_until(claims.expires_at):
+        raise InvalidTokenError("expired")
+    if now < claims.not_before - LEEWAY_SECONDS:
+        raise InvalidTokenError("invalid")
 
 
 @dataclass(frozen=True, slots=True)
 class TokenPair:
+    """A new access and refresh token of one session, and when each expires."""
+
     access_token: str
     refresh_token: str
-    expires_in: int
+    refresh_jti: str
+    issued_at: int
+    access_expires_at: int
+    refresh_expires_at: int
+
+    @property
+    def expires_in(self) -> int:
+        return self.access_expires_at - self.issued_at
+
+    @property
+    def latest_expiry(self) -> int:
+        return max(self.access_expires_at, self.refresh_expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,33 +157,40 @@ class TokenService:
                 self._public_pems[old_kid] = old_pem
             self._verify_keys = {k: v.decode() for k, v in self._public_pems.items()}
 
-    def issue_pair(self, username: str, scopes: frozenset[Scope], version: str) -> TokenPair:
-        now = int(time.time())
-        access = self._encode(username, scopes, version, "access", now, self._access_ttl)
-        refresh = self._encode(username, scopes, version, "refresh", now, self._refresh_ttl)
-        return TokenPair(access, refresh, self._access_ttl)
-
-    def _encode(
+    def issue_pair(
         self,
         username: str,
         scopes: frozenset[Scope],
         version: str,
-        use: TokenUse,
-        now: int,
-        ttl: int,
-    ) -> str:
-        claims = {
+        *,
+        session: str,
+        session_ends_at: int,
+    ) -> TokenPair:
+        """Tokens of `session`; neither outlives `session_ends_at`."""
+        now = int(time.time())
+        access_exp = min(now + self._access_ttl, session_ends_at)
+        refresh_exp = min(now + self._refresh_ttl, session_ends_at)
+        refresh_jti = uuid.uuid4().hex
+        common = {
             "sub": username,
             "scope": " ".join(sorted(scopes)),
             "iat": now,
             "nbf": now,
-            "exp": now + ttl,
-            "jti": uuid.uuid4().hex,
             "iss": self._issuer,
             "aud": self._audience,
-            "token_use": use,
             "ver": version,
+            "sid": session,
+            "sxp": session_ends_at,
         }
+        access = self._sign(
+            common | {"exp": access_exp, "jti": uuid.uuid4().hex, "token_use": "access"}
+        )
+        refresh = self._sign(
+            common | {"exp": refresh_exp, "jti": refresh_jti, "token_use": "refresh"}
+        )
+        return TokenPair(access, refresh, refresh_jti, now, access_exp, refresh_exp)
+
+    def _sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(
             claims, self._signing.key, algorithm=self._algorithm, headers={"kid": self._signing.kid}
         )
@@ -183,11 +226,11 @@ class TokenService:
                 issuer=self._issuer,
                 options=_DECODE_OPTIONS,
             )
-        except ExpiredSignatureError:
-            raise InvalidTokenError("expired") from None
-        except Exception:  # bad signature, nbf in the future, wrong iss/aud, missing claims
+        except Exception:  # bad signature, wrong iss/aud, missing claims
             raise InvalidTokenError("invalid") from None
-        return _claims(claims, expected)
+        verified = _claims(claims, expected)
+        check_clock(verified)
+        return verified
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """Public keys for other services; empty in HS256 mode (a secret is never published)."""
@@ -200,33 +243,34 @@ class TokenService:
 
 
 def _still_valid(claims: TokenClaims, expected: TokenUse) -> TokenClaims:
-    """The time checks python-jose made when the token was first verified, made again now."""
-    now = time.time()
+    """A cached token: its signature and claims cannot change, its use and the clock can."""
     if claims.use != expected:
         raise InvalidTokenError("wrong_token_use")
-    if now > claims.expires_at + LEEWAY_SECONDS:
-        raise InvalidTokenError("expired")
-    if now < claims.not_before - LEEWAY_SECONDS:
-        raise InvalidTokenError("invalid")
+    check_clock(claims)
     return claims
 
 
 def _claims(claims: dict[str, Any], expected: TokenUse) -> TokenClaims:
-    use, scope, version = claims.get("token_use"), claims.get("scope"), claims.get("ver")
+    use = claims.get("token_use")
     if use != expected:
         raise InvalidTokenError("wrong_token_use")
-    if not isinstance(scope, str) or not isinstance(version, str):
+    strings = [claims.get(name) for name in ("sub", "jti", "scope", "ver", "sid")]
+    times = [claims.get(name) for name in ("iat", "exp", "nbf", "sxp")]
+    if not all(isinstance(value, str) for value in strings) or not all(
+        isinstance(value, int) and not isinstance(value, bool) for value in times
+    ):
         raise InvalidTokenError("invalid")
-    subject, jti = claims["sub"], claims["jti"]
-    if not isinstance(subject, str) or not isinstance(jti, str):
-        raise InvalidTokenError("invalid")
+    subject, jti, scope, version, session = (str(value) for value in strings)
+    issued_at, expires_at, not_before, session_ends_at = (int(value) for value in times)  # type: ignore[arg-type]
     return TokenClaims(
         subject=subject,
         scopes=frozenset(Scope(name) for name in scope.split() if name in _SCOPE_NAMES),
         jti=jti,
         use=use,
         version=version,
-        issued_at=int(claims["iat"]),
-        expires_at=int(claims["exp"]),
-        not_before=int(claims["nbf"]),
+        session=session,
+        session_ends_at=session_ends_at,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        not_before=not_before,
     )

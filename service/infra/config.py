@@ -122,8 +122,14 @@ class Settings(BaseSettings):
     jwt_previous_public_key_files: CommaList = ()
     jwt_issuer: str = "secure-ml-api"
     jwt_audience: str = "secure-ml-api"
-    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86400)
-    refresh_token_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
+    # Every lifetime goes down to 5 s, for tests and demos.
+    access_token_ttl_seconds: int = Field(default=900, ge=5, le=86400)
+    # The idle limit: a session not refreshed for this long ends.
+    refresh_token_ttl_seconds: int = Field(default=86400, ge=5, le=30 * 86400)
+    # No refresh extends a session past this age.
+    session_max_age_seconds: int = Field(default=7 * 86400, ge=5, le=365 * 86400)
+    # A login beyond this many live sessions ends the user's oldest one.
+    max_sessions_per_user: int = Field(default=20, ge=1, le=1000)
 
     # Users and password hashing: Argon2id with OWASP's recommended 19 MiB, 2 passes, 1 lane;
     # RFC 9106's 64 MiB x 3 x 4 made logins take seconds on a busy 2-core instance.

@@ -65,6 +65,11 @@ AUTH_FAILURES = Counter(
     "auth_failures_total", "Refused credentials or tokens, by reason.", ["reason"]
 )
 REDIS_ERRORS = Counter("redis_errors_total", "Failed Redis calls, by error class.", ["error"])
+REDIS_MEMORY_RATIO = Gauge(
+    "redis_memory_used_ratio",
+    "Redis used memory / maxmemory, as last seen by a readiness check (0: no maxmemory).",
+    multiprocess_mode="mostrecent",
+)
 MODEL_INFO = Gauge(
     "model_info", "The model being served (value 1).", ["version"], multiprocess_mode="livemax"
 )

@@ -29,7 +29,9 @@ class Scripts:
     (e.g. after a restart emptied the script cache)."""
 
     gate: AsyncScript
-    refresh: AsyncScript
+    session_start: AsyncScript
+    session_rotate: AsyncScript
+    session_end: AsyncScript
     create_user: AsyncScript
     update_user: AsyncScript
     rehash: AsyncScript
@@ -38,7 +40,9 @@ class Scripts:
     def register(cls, client: Redis) -> Scripts:
         return cls(
             gate=client.register_script(_lua("gate.lua")),
-            refresh=client.register_script(_lua("refresh.lua")),
+            session_start=client.register_script(_lua("session_start.lua")),
+            session_rotate=client.register_script(_lua("session_rotate.lua")),
+            session_end=client.register_script(_lua("session_end.lua")),
             create_user=client.register_script(_lua("create_user.lua")),
             update_user=client.register_script(_lua("update_user.lua")),
             rehash=client.register_script(_lua("rehash.lua")),

@@ -14,16 +14,16 @@ from enum import IntEnum
 from redis.asyncio import Redis
 
 from service.auth.tokens import TokenClaims
-from service.infra.keys import rate_key, revoked_key, user_key
+from service.infra.keys import client_tag, rate_key, session_key, user_key, user_tag
 from service.infra.redis import Scripts
-from service.rules.policies import Policy
+from service.rules.policies import CountedBy, Policy
 from service.rules.rates import Rate
 
 
 class GateStatus(IntEnum):
     ADMITTED = 0
     RATE_LIMITED = 1
-    REVOKED = 2  # the token itself was revoked (logout)
+    SESSION_ENDED = 2  # the token's session was ended (logout, revocation, expiry)
     USER_STATE = 3  # its user is gone or disabled, or the user's tokens were revoked since
 
 
@@ -34,6 +34,8 @@ class GateDecision:
     window_ms: int = 0
     remaining: int = 0
     reset_ms: int = 0
+    # What the count added, so that `Gate.refund` can take it back.
+    entry: str = ""
 
     @property
     def counted(self) -> bool:
@@ -56,12 +58,16 @@ class Gate:
         """Count one request of `identity` against `policy` (checking `claims` first, when
         given, in the same round trip; a per-user policy then applies the user's own rate)."""
         return await self._run(
-            claims=claims, key=rate_key(policy.name, identity), rate=rate, per_user=policy.per_user
+            claims=claims, key=_counter(policy, identity), rate=rate, per_user=policy.per_user
         )
+
+    async def refund(self, policy: Policy, identity: str, entry: str) -> None:
+        """Take back one counted request (a login that turned out to be no failure)."""
+        await self._redis.zrem(_counter(policy, identity), entry)
 
     async def forget(self, policy: Policy, identity: str) -> None:
         """Drop a counter, e.g. a deleted user's: whoever gets the name later starts afresh."""
-        await self._redis.delete(rate_key(policy.name, identity))
+        await self._redis.delete(_counter(policy, identity))
 
     async def _run(
         self,
@@ -73,17 +79,28 @@ class Gate:
     ) -> GateDecision:
         keys: list[str] = []
         if claims is not None:
-            keys += [user_key(claims.subject), revoked_key(claims.jti)]
+            keys += [user_key(claims.subject), session_key(claims.subject, claims.session)]
         if key is not None:
             keys.append(key)
+        entry = os.urandom(8).hex()
         args = [
             "1" if claims is not None else "0",
             "1" if rate is not None else "0",
             claims.version if claims is not None else "",
             rate.limit if rate else 0,
             rate.window * 1000 if rate else 0,
-            os.urandom(8).hex(),
+            entry,
             "1" if per_user else "0",
         ]
         reply = await self._scripts.gate(keys=keys, args=args)
-        return GateDecision(GateStatus(int(reply[0])), *(int(v) for v in reply[1:]))
+        status, limit, window_ms, remaining, reset_ms = (int(value) for value in reply)
+        return GateDecision(GateStatus(status), limit, window_ms, remaining, reset_ms, entry)
+
+
+_TAGS_BY_USER = frozenset({CountedBy.USER, CountedBy.USERNAME})
+
+
+def _counter(policy: Policy, identity: str) -> str:
+    """A policy's counter for one identity, in the slot of what it counts (see keys)."""
+    tag = user_tag(identity) if policy.counted_by in _TAGS_BY_USER else client_tag(identity)
+    return rate_key(policy.name, tag)

@@ -13,6 +13,7 @@ asyncio lock around each Redis call and so would serialise a worker's whole traf
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ class _Call:
     only a key string, so the token to check and the decision travel here."""
 
     claims: TokenClaims | None
+    identity: str = ""
     decision: GateDecision | None = None
 
 
@@ -74,10 +76,10 @@ def ratelimit_fields(header_name: str, decision: GateDecision) -> tuple[str, str
 
 
 def refuse_token(gate_status: GateStatus) -> HTTPException:
-    """The 401 for a token whose state the gate refused (revoked, or its user changed)."""
-    revoked = gate_status is GateStatus.REVOKED
-    request_context().auth_failure = "revoked" if revoked else "user"
-    return invalid_token("token revoked" if revoked else None)
+    """The 401 for a token whose state the gate refused (session ended, or user changed)."""
+    ended = gate_status is GateStatus.SESSION_ENDED
+    request_context().auth_failure = "session_ended" if ended else "user"
+    return invalid_token("session ended" if ended else None)
 
 
 def client_ip(request: Request) -> str:
@@ -86,29 +88,53 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def client_identity(request: Request) -> str:
+    """What a per-client limit counts: the address, or an IPv6 client's /64 (one host
+    usually holds a whole /64, so counting single addresses would be no limit at all)."""
+    host = client_ip(request)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
+
+
+async def _submitted_username(request: Request) -> str:
+    """The username a login form tries, normalized; a stand-in of bounded size when it is
+    not a valid username (still a distinct target)."""
+    form = await request.form()
+    raw = form.get("username")
+    name = raw if isinstance(raw, str) else ""
+    try:
+        return normalize_username(name)
+    except ValueError:
+        return "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
 async def _by_user(request: Request) -> str:
     claims = _current_call.get().claims
     return claims.subject if claims is not None else "anonymous"
 
 
+async def _by_username(request: Request) -> str:
+    return await _submitted_username(request)
+
+
 async def _by_client(request: Request) -> str:
-    return client_ip(request)
+    return client_identity(request)
 
 
 async def _by_client_and_username(request: Request) -> str:
-    form = await request.form()
-    raw = form.get("username")
-    name = raw if isinstance(raw, str) else ""
-    try:
-        name = normalize_username(name)
-    except ValueError:
-        # Not a valid username, but still a distinct target: bound the key's size.
-        name = "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
-    return f"{client_ip(request)}|{name}"
+    return f"{client_identity(request)}|{await _submitted_username(request)}"
 
 
 _IDENTIFIERS: dict[CountedBy, Callable[[Request], Awaitable[str]]] = {
     CountedBy.USER: _by_user,
+    CountedBy.USERNAME: _by_username,
     CountedBy.CLIENT: _by_client,
     CountedBy.CLIENT_AND_USERNAME: _by_client_and_username,
 }
@@ -144,6 +170,7 @@ class GateBucket(AbstractBucket):
                 "rate limiter failing open for policy %s: Redis error", factory.policy.name
             )
             return True
+        call.identity = self._identity
         call.decision = decision
         self.failing_rate = None if decision.status is GateStatus.ADMITTED else self.rates[0]
         return decision.status is GateStatus.ADMITTED
@@ -238,15 +265,16 @@ class PolicyLimiter(RateLimiter):
             if decision is not None and decision.counted:
                 if decision.status is GateStatus.RATE_LIMITED:
                     RATE_LIMITED.labels(self.policy.name).inc()
-                request_context().ratelimit_fields.append(
-                    ratelimit_fields(self.policy.header, decision)
-                )
+                context = request_context()
+                context.ratelimit_fields.append(ratelimit_fields(self.policy.header, decision))
+                context.counted[self.policy.name] = (call.identity, decision.entry)
 
 
 class Limits:
     """The dependency of every policy, at the rates the settings give."""
 
     def __init__(self, gate: Gate, rates: dict[Policy, Rate], *, fail_open: bool) -> None:
+        self._gate = gate
         self._limiters = {
             policy: PolicyLimiter(policy, gate, rate, fail_open=fail_open)
             for policy, rate in rates.items()
@@ -254,3 +282,10 @@ class Limits:
 
     def __getitem__(self, policy: Policy) -> PolicyLimiter:
         return self._limiters[policy]
+
+    async def refund(self, policy: Policy) -> None:
+        """Take back this request's count under a failures-only `policy` (it succeeded)."""
+        counted = request_context().counted.pop(policy.name, None)
+        if counted is not None:
+            identity, entry = counted
+            await self._gate.refund(policy, identity, entry)

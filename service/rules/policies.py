@@ -18,7 +18,8 @@ class CountedBy(StrEnum):
     """What one counter of a policy belongs to."""
 
     USER = "user"  # the authenticated caller (token subject)
-    CLIENT = "client"  # the client address
+    USERNAME = "username"  # the username a login tries, whatever the client address
+    CLIENT = "client"  # the client address (an IPv6 client by its /64)
     CLIENT_AND_USERNAME = "client+username"  # the client address and the username tried
 
 
@@ -32,6 +33,8 @@ class Policy:
     # The gate also checks the caller's token (revocation, user state) in the same round
     # trip, and an admin-set per-user rate replaces the default.
     per_user: bool = False
+    # Only failures count: the route refunds a success (`Limits.refund`).
+    failures_only: bool = False
 
     @property
     def setting(self) -> str:
@@ -54,6 +57,14 @@ LOGIN = Policy(
     default=Rate(5, 60),
     description="login attempts per client address and username",
 )
+LOGIN_USER = Policy(
+    "login-user",
+    header="login-user",
+    counted_by=CountedBy.USERNAME,
+    default=Rate(20, 60),
+    description="failed login attempts per username, from all client addresses together",
+    failures_only=True,
+)
 LOGIN_IP = Policy(
     "login-ip",
     header="login-ip",
@@ -69,4 +80,4 @@ PUBLIC = Policy(
     description="unauthenticated routes (/, refresh, JWKS) per client address",
 )
 
-POLICIES: tuple[Policy, ...] = (PREDICT, LOGIN, LOGIN_IP, PUBLIC)
+POLICIES: tuple[Policy, ...] = (PREDICT, LOGIN, LOGIN_USER, LOGIN_IP, PUBLIC)

@@ -24,6 +24,12 @@ from tests.support.auth import bearer, login
 from tests.support.settings import ADMIN_PASSWORD
 
 
+def _pair(service: TokenService, username: str, scopes: frozenset[Scope], version: str) -> Any:
+    """A token pair of a session that ends in an hour."""
+    ends = int(time.time()) + 3600
+    return service.issue_pair(username, scopes, version, session="s1", session_ends_at=ends)
+
+
 def _with(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(update=update)
 
@@ -42,13 +48,13 @@ def _es256_key(path: Path) -> Path:
 
 def test_rotated_key_still_verifies_and_retired_key_is_refused(settings: Settings) -> None:
     old = TokenService(settings)
-    token = old.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
+    token = _pair(old, "alice", frozenset({Scope.PREDICT}), "v1").access_token
     new_secret = SecretStr(secrets.token_urlsafe(48))
     rotated = TokenService(
         _with(settings, jwt_secret=new_secret, jwt_previous_secrets=settings.jwt_secret)
     )
     assert rotated.decode(token, "access").subject == "alice"
-    fresh = rotated.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
+    fresh = _pair(rotated, "alice", frozenset({Scope.PREDICT}), "v1").access_token
     assert jwt.get_unverified_header(fresh)["kid"] != jwt.get_unverified_header(token)["kid"]
     retired = TokenService(_with(settings, jwt_secret=new_secret))
     with pytest.raises(InvalidTokenError, match="unknown_key"):
@@ -60,7 +66,7 @@ def test_cached_token_is_still_checked_against_the_clock(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = TokenService(settings)
-    token = service.issue_pair("alice", frozenset({Scope.PREDICT}), "v1").access_token
+    token = _pair(service, "alice", frozenset({Scope.PREDICT}), "v1").access_token
     assert service.decode(token, "access").subject == "alice"
     assert service.decode(token, "access").subject == "alice"  # served from the cache
     with pytest.raises(InvalidTokenError, match="wrong_token_use"):
@@ -74,7 +80,7 @@ def test_cached_token_is_still_checked_against_the_clock(
 def test_verified_cache_is_bounded(settings: Settings) -> None:
     service = TokenService(settings)
     tokens = [
-        service.issue_pair(f"user{i}", frozenset(), "v").access_token
+        _pair(service, f"user{i}", frozenset(), "v").access_token
         for i in range(VERIFIED_CACHE_SIZE + 10)
     ]
     for token in tokens:
@@ -141,7 +147,7 @@ def test_es256_previous_public_key_verifies(settings: Settings, tmp_path: Path) 
     old_key = _es256_key(tmp_path / "old.pem")
     new_key = _es256_key(tmp_path / "new.pem")
     old = TokenService(_with(settings, jwt_algorithm="ES256", jwt_private_key_file=old_key))
-    token = old.issue_pair("alice", frozenset(), "v").access_token
+    token = _pair(old, "alice", frozenset(), "v").access_token
     new = TokenService(
         _with(
             settings,

@@ -202,7 +202,7 @@ def test_user_operations_on_an_existing_user(
     headers = admin.headers()
     _ensure_target(api, headers)
     if case.meta is None or not case.meta.is_negative_at(ParameterLocation.PATH):
-        case.path_parameters = {"username": TARGET_USER}
+        case.path_parameters = {**(case.path_parameters or {}), "username": TARGET_USER}
     case.call_and_validate(base_url=BASE_URL, session=api, headers=headers, checks=CHECKS)
 
 

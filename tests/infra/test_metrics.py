@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,13 @@ async def test_redis_errors_are_counted(model_dir: Path, redis: Redis) -> None:
     """Nothing listens on the port: every Redis call fails fast with ConnectionError."""
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", model_dir, admin_username=None)
     app = create_app(settings)
-    token = TokenService(settings).issue_pair("alice", frozenset({Scope.PREDICT}), "v1")
+    token = TokenService(settings).issue_pair(
+        "alice",
+        frozenset({Scope.PREDICT}),
+        "v1",
+        session="s1",
+        session_ends_at=int(time.time()) + 3600,
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

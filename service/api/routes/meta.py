@@ -11,6 +11,9 @@ from service.rules.policies import PUBLIC
 
 router = APIRouter(tags=["meta"])
 
+# From this fraction of Redis's maxmemory on, readiness reports memory pressure.
+MEMORY_PRESSURE_RATIO = 0.9
+
 
 @router.get("/", response_model=MessageOut, dependencies=[Depends(rate_limit(PUBLIC))])
 async def root(runtime: RuntimeDep) -> MessageOut:
@@ -31,9 +34,17 @@ async def healthz() -> HealthOut:
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: take this instance out of the load balancer while it cannot serve. The
-    model is loaded before the app starts serving at all, so Redis is what can fail."""
-    checks = {"model": "ok", "redis": "ok" if await runtime.storage_ready() else "unreachable"}
-    failed = sorted(name for name, state in checks.items() if state != "ok")
+    model is loaded before the app starts serving at all, so Redis is what can fail.
+
+    Redis memory near `maxmemory` is reported (`redis_memory`) but keeps the instance ready:
+    every instance shares that Redis, so failing readiness would turn a warning into an
+    outage. Alert on the `redis_memory_used_ratio` metric instead."""
+    memory = await runtime.storage_memory()
+    checks = {"model": "ok", "redis": "ok" if memory is not None else "unreachable"}
+    if memory is not None:
+        high = memory >= MEMORY_PRESSURE_RATIO
+        checks["redis_memory"] = f"high: {memory:.0%} of maxmemory" if high else "ok"
+    failed = sorted(name for name in ("model", "redis") if checks[name] != "ok")
     if failed:
         detail = "not ready: " + ", ".join(f"{name} {checks[name]}" for name in failed)
         return JSONResponse(

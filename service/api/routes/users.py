@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Response, status
 
 from service.api.deps import AdminUser, CurrentUser, RuntimeDep
 from service.api.schemas import UserCreate, UserDetail, UserOut, UserUpdate
-from service.auth.users import User
+from service.auth.users import AdminChangeRefused, User
 from service.rules.accounts import USERNAME_PATTERN, check_password
 from service.rules.rates import Rate
 
@@ -28,8 +28,12 @@ def _detail(user: User) -> UserDetail:
     )
 
 
-def _not_found(username: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, f"No user named {username!r}")
+def _not_found() -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, "No such user")
+
+
+def _conflict(exc: AdminChangeRefused) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, str(exc))
 
 
 def _check_password(username: str, password: str) -> None:
@@ -49,6 +53,9 @@ async def me(user: CurrentUser) -> UserOut:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user"}}
+_ADMIN_CHANGE: dict[int | str, dict[str, Any]] = _NOT_FOUND | {
+    409: {"description": "It would leave no enabled admin, or an admin would demote itself"}
+}
 
 
 @router.post(
@@ -60,10 +67,10 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such use
 async def create_user(body: UserCreate, _: AdminUser, runtime: RuntimeDep) -> UserDetail:
     _check_password(body.username, body.password)
     if not await runtime.users.create(body.username, body.password, frozenset(body.scopes)):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"User {body.username!r} already exists")
+        raise HTTPException(status.HTTP_409_CONFLICT, "A user with that name already exists")
     user = await runtime.users.get(body.username)
     if user is None:  # deleted between the two calls
-        raise _not_found(body.username)
+        raise _not_found()
     return _detail(user)
 
 
@@ -72,32 +79,43 @@ async def list_users(_: AdminUser, runtime: RuntimeDep) -> list[UserDetail]:
     return [_detail(user) for user in await runtime.users.list()]
 
 
-@router.patch("/{username}", response_model=UserDetail, responses=_NOT_FOUND)
+@router.patch("/{username}", response_model=UserDetail, responses=_ADMIN_CHANGE)
 async def update_user(
-    username: UsernamePath, body: UserUpdate, _: AdminUser, runtime: RuntimeDep
+    username: UsernamePath, body: UserUpdate, admin: AdminUser, runtime: RuntimeDep
 ) -> UserDetail:
-    """Disable/enable, set password or scopes (both revoke the user's tokens), set a rate."""
+    """Disable/enable, set password or scopes (these revoke the user's tokens and end its
+    sessions), set a rate. 409 for a change that would leave no enabled admin, or that an
+    admin makes to demote or disable itself."""
     name = username.lower()
     if body.password is not None:
         _check_password(name, body.password)
-    updated = await runtime.users.update(
-        name,
-        disabled=body.disabled,
-        password=body.password,
-        scopes=frozenset(body.scopes) if body.scopes is not None else None,
-        rate_limit=Rate.parse(body.rate_limit) if body.rate_limit else None,
-        clear_rate_limit="rate_limit" in body.model_fields_set and body.rate_limit is None,
-    )
+    try:
+        updated = await runtime.users.update(
+            name,
+            actor=admin.username,
+            disabled=body.disabled,
+            password=body.password,
+            scopes=frozenset(body.scopes) if body.scopes is not None else None,
+            rate_limit=Rate.parse(body.rate_limit) if body.rate_limit else None,
+            clear_rate_limit="rate_limit" in body.model_fields_set and body.rate_limit is None,
+        )
+    except AdminChangeRefused as exc:
+        raise _conflict(exc) from None
     user = await runtime.users.get(name) if updated else None
     if user is None:
-        raise _not_found(name)
+        raise _not_found()
     return _detail(user)
 
 
-@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
-async def delete_user(username: UsernamePath, _: AdminUser, runtime: RuntimeDep) -> Response:
-    if not await runtime.delete_user(username.lower()):
-        raise _not_found(username.lower())
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_ADMIN_CHANGE)
+async def delete_user(username: UsernamePath, admin: AdminUser, runtime: RuntimeDep) -> Response:
+    """Delete the user and end its sessions; 409 as for PATCH."""
+    try:
+        deleted = await runtime.delete_user(username.lower(), actor=admin.username)
+    except AdminChangeRefused as exc:
+        raise _conflict(exc) from None
+    if not deleted:
+        raise _not_found()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -107,5 +125,5 @@ async def delete_user(username: UsernamePath, _: AdminUser, runtime: RuntimeDep)
 async def revoke_tokens(username: UsernamePath, _: AdminUser, runtime: RuntimeDep) -> Response:
     """Every token issued to the user so far stops working, on every instance, at once."""
     if not await runtime.users.revoke_tokens(username.lower()):
-        raise _not_found(username.lower())
+        raise _not_found()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,20 +1,21 @@
 -- The per-request gate: token state check and/or sliding-window rate limit, atomically, in
 -- one round trip. Time comes from Redis so that every instance shares one clock.
 --
--- ARGV[1] "1" to check the token: KEYS[1] user hash, KEYS[2] revoked-jti key,
---         ARGV[3] the token's version (must equal the user's token_version).
+-- ARGV[1] "1" to check the token: KEYS[1] user hash, KEYS[2] the token's session hash
+--         (it must exist: ending a session deletes it), ARGV[3] the token's version
+--         (it must equal the user's token_version).
 -- ARGV[2] "1" to count a request: KEYS[#KEYS] the window's sorted set,
 --         ARGV[4] default limit, ARGV[5] default window (ms), ARGV[6] unique member,
 --         ARGV[7] "1" when the user's own rate override applies.
 -- Returns {status, limit, window_ms, remaining, reset_ms}:
---   status 0 admitted, 1 rate limited, 2 token revoked, 3 user gone/disabled/token version stale.
+--   status 0 admitted, 1 rate limited, 2 session ended, 3 user gone/disabled/token version stale.
 local check_token = ARGV[1] == "1"
 local count_rate = ARGV[2] == "1"
 local limit = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 
 if check_token then
-  if redis.call("EXISTS", KEYS[2]) == 1 then
+  if redis.call("EXISTS", KEYS[2]) == 0 then
     return {2, 0, 0, 0, 0}
   end
   local user = redis.call("HMGET", KEYS[1], "token_version", "disabled", "rl_limit", "rl_window_ms")

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from service.auth.passwords import PasswordHasher
 from service.infra.config import Settings
+from service.infra.keys import session_key, user_key
 from tests.support.auth import bearer, create_user, login
 from tests.support.processes import BOTH_TRANSPORTS
 from tests.support.settings import ADMIN_PASSWORD, USER_PASSWORD
@@ -90,9 +91,10 @@ async def test_refresh_rotates(client: httpx.AsyncClient, user_tokens: dict[str,
 
 
 @BOTH_TRANSPORTS
-async def test_refresh_reuse_revokes_every_token(
+async def test_refresh_reuse_ends_that_session_only(
     client: httpx.AsyncClient, user_tokens: dict[str, Any]
 ) -> None:
+    other = await login(client, "alice", USER_PASSWORD)
     old = user_tokens["refresh_token"]
     rotated = (await client.post("/token/refresh", json={"refresh_token": old})).json()
     reuse = await client.post("/token/refresh", json={"refresh_token": old})
@@ -102,7 +104,10 @@ async def test_refresh_reuse_revokes_every_token(
         assert (await client.get("/users/me", headers=bearer(token))).status_code == 401
     again = await client.post("/token/refresh", json={"refresh_token": rotated["refresh_token"]})
     assert again.status_code == 401
-    await login(client, "alice", USER_PASSWORD)
+    # The user's other session lives on.
+    assert (await client.get("/users/me", headers=bearer(other["access_token"]))).status_code == 200
+    refreshed = await client.post("/token/refresh", json={"refresh_token": other["refresh_token"]})
+    assert refreshed.status_code == 200
 
 
 async def test_access_token_is_not_a_refresh_token(
@@ -130,26 +135,27 @@ async def test_logout_revokes_access_and_refresh(
         "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
     )
     assert refresh.status_code == 401
-    ttls = [await redis.pttl(key) async for key in redis.scan_iter("sma:revoked:*")]
-    assert len(ttls) == 2
-    assert all(0 < ttl <= 86400 * 1000 + 10_000 for ttl in ttls)
+    # Ending a session deletes its record: nothing is left behind per token.
+    assert [key async for key in redis.scan_iter(f"{session_key('alice', '*')}")] == []
 
 
 @BOTH_TRANSPORTS
-async def test_logout_without_body(client: httpx.AsyncClient, user_tokens: dict[str, Any]) -> None:
+async def test_logout_without_body_ends_the_whole_session(
+    client: httpx.AsyncClient, user_tokens: dict[str, Any]
+) -> None:
     headers = bearer(user_tokens["access_token"])
     assert (await client.post("/logout", headers=headers)).status_code == 204
     assert (await client.post("/logout", headers=headers)).status_code == 401
     refresh = await client.post(
         "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
     )
-    assert refresh.status_code == 200
+    assert refresh.status_code == 401
 
 
 async def test_login_rehashes_when_parameters_change(
     settings: Settings, redis: Redis, client: httpx.AsyncClient
 ) -> None:
-    before = await redis.hget("sma:user:admin", "hash")
+    before = await redis.hget(user_key("admin"), "hash")
     assert before is not None
     assert "m=1024" in before
     stronger = settings.model_copy(update={"argon2_memory_cost_kib": 2048})
@@ -160,7 +166,7 @@ async def test_login_rehashes_when_parameters_change(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as other:
             await login(other, "admin", ADMIN_PASSWORD)
-    after = await redis.hget("sma:user:admin", "hash")
+    after = await redis.hget(user_key("admin"), "hash")
     assert after is not None
     assert "m=2048" in after
     await login(client, "admin", ADMIN_PASSWORD)
@@ -174,6 +180,7 @@ async def test_token_expiry_is_in_the_claims(
     claims = jwt.get_unverified_claims(user_tokens["access_token"])
     assert claims["exp"] - claims["iat"] == 900
     assert claims["iat"] <= time.time() + 1
-    for name in ("sub", "scope", "iat", "nbf", "exp", "jti", "iss", "aud", "token_use", "ver"):
+    claim_names = ("sub", "scope", "iat", "nbf", "exp", "jti", "iss", "aud", "token_use", "ver")
+    for name in (*claim_names, "sid", "sxp"):
         assert name in claims
     assert jwt.get_unverified_header(user_tokens["access_token"])["kid"].startswith("hs-")

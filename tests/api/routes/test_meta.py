@@ -22,7 +22,7 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 async def test_readyz(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"model": "ok", "redis": "ok"}
+    assert response.json()["checks"] == {"model": "ok", "redis": "ok", "redis_memory": "ok"}
 
 
 async def test_openapi_documents_the_routes(client: httpx.AsyncClient) -> None:
@@ -55,3 +55,9 @@ async def test_405_allow_names_every_method_of_the_resource(client: httpx.AsyncC
     assert one_user.headers["allow"] == "DELETE, PATCH"
     me = await client.request("PUT", "/users/me")
     assert me.headers["allow"] == "GET"
+
+
+async def test_swagger_ui_keeps_tokens_out_of_local_storage(client: httpx.AsyncClient) -> None:
+    """Finding 7: Swagger UI persisted bearer tokens in localStorage."""
+    page = (await client.get("/docs")).text
+    assert '"persistAuthorization": false' in page

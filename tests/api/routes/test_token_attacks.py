@@ -15,7 +15,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt
-from redis.asyncio import Redis
 
 from service.auth.tokens import _hs_kid
 from service.infra.config import Settings
@@ -30,7 +29,7 @@ BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
 
 def forge(
     settings: Settings,
-    version: str,
+    genuine: dict[str, Any],
     *,
     key: str | None = None,
     algorithm: str = "HS256",
@@ -51,7 +50,9 @@ def forge(
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "token_use": "access",
-        "ver": version,
+        "ver": genuine["ver"],
+        "sid": genuine["sid"],
+        "sxp": genuine["sxp"],
     } | overrides
     for name in drop:
         claims.pop(name)
@@ -60,10 +61,10 @@ def forge(
 
 
 @pytest.fixture
-async def version(user_tokens: dict[str, Any], redis: Redis) -> str:
-    value = await redis.hget("sma:user:alice", "token_version")
-    assert isinstance(value, str)
-    return value
+def genuine(user_tokens: dict[str, Any]) -> dict[str, Any]:
+    """The claims of alice's real access token: forged tokens name her real session."""
+    claims: dict[str, Any] = jwt.get_unverified_claims(user_tokens["access_token"])
+    return claims
 
 
 async def assert_refused(client: httpx.AsyncClient, token: str) -> None:
@@ -85,10 +86,10 @@ async def assert_session_dead_but_login_works(
 
 
 async def test_forged_token_with_real_key_is_accepted(
-    client: httpx.AsyncClient, settings: Settings, version: str
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
 ) -> None:
     """Control: the forging helper is right, so each refusal below is for its one defect."""
-    token = forge(settings, version)
+    token = forge(settings, genuine)
     for method, path in PROTECTED:
         response = await client.request(method, path, headers=bearer(token), json=BODY)
         assert response.status_code == 200, (path, response.text)
@@ -110,8 +111,10 @@ async def test_garbage(client: httpx.AsyncClient, header: str) -> None:
     assert response.status_code == 401
 
 
-async def test_alg_none(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
-    valid = forge(settings, version)
+async def test_alg_none(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
+    valid = forge(settings, genuine)
     header = {"alg": "none", "typ": "JWT", "kid": _hs_kid(settings.jwt_secret.get_secret_value())}  # type: ignore[union-attr]
     payload = jwt.get_unverified_claims(valid)
 
@@ -122,50 +125,64 @@ async def test_alg_none(client: httpx.AsyncClient, settings: Settings, version: 
         await assert_refused(client, token)
 
 
-async def test_wrong_key(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
-    await assert_refused(client, forge(settings, version, key="another-secret-" + "x" * 40))
+async def test_wrong_key(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
+    await assert_refused(client, forge(settings, genuine, key="another-secret-" + "x" * 40))
     real_kid = _hs_kid(settings.jwt_secret.get_secret_value())  # type: ignore[union-attr]
-    token = forge(settings, version, key="another-secret-" + "x" * 40, kid=real_kid)
+    token = forge(settings, genuine, key="another-secret-" + "x" * 40, kid=real_kid)
     await assert_refused(client, token)
 
 
 async def test_tampered_payload(
-    client: httpx.AsyncClient, settings: Settings, version: str
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
 ) -> None:
-    header, payload, signature = forge(settings, version).split(".")
+    header, payload, signature = forge(settings, genuine).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["scope"] = "predict admin"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     await assert_refused(client, f"{header}.{forged}.{signature}")
 
 
-async def test_expired(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+async def test_expired(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
     now = int(time.time())
-    token = forge(settings, version, iat=now - 3600, nbf=now - 3600, exp=now - 60)
+    token = forge(settings, genuine, iat=now - 3600, nbf=now - 3600, exp=now - 60)
     await assert_refused(client, token)
 
 
-async def test_not_yet_valid(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
-    now = int(time.time())
-    await assert_refused(client, forge(settings, version, nbf=now + 600, exp=now + 1200))
-
-
-@pytest.mark.parametrize("claim", ["exp", "jti", "sub", "iat", "nbf", "iss", "aud", "ver"])
-async def test_missing_claim(
-    client: httpx.AsyncClient, settings: Settings, version: str, claim: str
+async def test_not_yet_valid(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
 ) -> None:
-    await assert_refused(client, forge(settings, version, drop=(claim,)))
+    now = int(time.time())
+    await assert_refused(client, forge(settings, genuine, nbf=now + 600, exp=now + 1200))
 
 
-async def test_wrong_issuer(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
-    await assert_refused(client, forge(settings, version, iss="https://evil.example"))
+@pytest.mark.parametrize(
+    "claim", ["exp", "jti", "sub", "iat", "nbf", "iss", "aud", "ver", "sid", "sxp"]
+)
+async def test_missing_claim(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any], claim: str
+) -> None:
+    await assert_refused(client, forge(settings, genuine, drop=(claim,)))
 
 
-async def test_wrong_audience(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
-    await assert_refused(client, forge(settings, version, aud="another-service"))
+async def test_wrong_issuer(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
+    await assert_refused(client, forge(settings, genuine, iss="https://evil.example"))
 
 
-async def test_rs_hs_confusion(client: httpx.AsyncClient, settings: Settings, version: str) -> None:
+async def test_wrong_audience(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
+    await assert_refused(client, forge(settings, genuine, aud="another-service"))
+
+
+async def test_rs_hs_confusion(
+    client: httpx.AsyncClient, settings: Settings, genuine: dict[str, Any]
+) -> None:
     """A token signed with an asymmetric algorithm is refused by the pinned HS256 list, and
     a key's public half used as an HMAC secret gets nowhere either."""
     private = ec.generate_private_key(ec.SECP256R1())
@@ -175,12 +192,12 @@ async def test_rs_hs_confusion(client: httpx.AsyncClient, settings: Settings, ve
         serialization.NoEncryption(),
     ).decode()
     real_kid = _hs_kid(settings.jwt_secret.get_secret_value())  # type: ignore[union-attr]
-    await assert_refused(client, forge(settings, version, key=pem, algorithm="ES256", kid=real_kid))
+    await assert_refused(client, forge(settings, genuine, key=pem, algorithm="ES256", kid=real_kid))
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     # python-jose itself refuses to HMAC-sign with a PEM, so sign by hand, as an attacker would.
-    header, payload, _ = forge(settings, version, kid=real_kid).split(".")
+    header, payload, _ = forge(settings, genuine, kid=real_kid).split(".")
     mac = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     signature = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     await assert_refused(client, f"{header}.{payload}.{signature}")

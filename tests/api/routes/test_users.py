@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from service.infra.config import Settings
+from service.infra.keys import rate_key, user_tag
 from service.main import create_app
 from tests.support.auth import bearer, create_user, login
 from tests.support.settings import USER_PASSWORD
@@ -152,6 +153,7 @@ async def test_a_recreated_user_starts_with_a_fresh_quota(
 ) -> None:
     body = {"data": [5.1, 3.5, 1.4, 0.2]}
     assert (await client.post("/predict", json=body, headers=user_headers)).status_code == 200
-    assert await redis.exists("sma:rl:predict:alice")
+    counter = rate_key("predict", user_tag("alice"))
+    assert await redis.exists(counter)
     assert (await client.delete("/users/alice", headers=admin_headers)).status_code == 204
-    assert not await redis.exists("sma:rl:predict:alice")
+    assert not await redis.exists(counter)
