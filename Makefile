@@ -20,8 +20,10 @@ install: $(STAMP)
 
 $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
-	$(UV) pip install --quiet --python $(PY) -r requirements-dev.lock
+	@# uv itself, checked against its hashes in the dev lock (which also pins its version).
+	@$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r <(sed -n '/^uv==/,/^    #/p' requirements-dev.lock | grep -v '^    #')
+	$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements-dev.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
