@@ -13,8 +13,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from authlib.oauth2.base import OAuth2Error
+from fastapi import FastAPI, Request, Response
 
+from service.api.oauth import oauth_error_response
 from service.api.routes import auth, meta, predict, sessions, users
 from service.infra import metrics
 from service.infra.config import Settings, load_settings
@@ -64,6 +66,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("stopped")
 
 
+async def _oauth_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, OAuth2Error):
+        raise exc
+    return oauth_error_response(exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
@@ -84,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.manifest = manifest
     install_error_handlers(app)
+    app.add_exception_handler(OAuth2Error, _oauth_error)
     for router in (
         meta.router,
         auth.router,

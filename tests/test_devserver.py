@@ -96,7 +96,10 @@ def test_devserver_end_to_end(
             assert env_file.read_text().startswith(OLD_ENV_FILE + "\n")
             assert password == "an-old-admin-password"
 
-        login = httpx.post(f"{base}/token", data={"username": "admin", "password": password})
+        login = httpx.post(
+            f"{base}/token",
+            data={"grant_type": "password", "username": "admin", "password": password},
+        )
         assert login.status_code == 200, login.text
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
         response = httpx.post(

@@ -18,7 +18,7 @@ async def test_a_worker_started_without_redis_creates_the_admin_once_redis_answe
 ) -> None:
     redis = RedisProcess(tmp_path / "late-redis")  # a free port, not started yet
     app = create_app(make_settings(redis.url, model_dir, redis_socket_timeout=0.5))
-    form = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+    form = {"grant_type": "password", "username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

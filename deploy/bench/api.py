@@ -19,7 +19,9 @@ BENCH_RATE = "100000/second"
 
 
 def login(client: httpx.Client, username: str, password: str) -> str:
-    response = client.post("/token", data={"username": username, "password": password})
+    response = client.post(
+        "/token", data={"grant_type": "password", "username": username, "password": password}
+    )
     if response.status_code != 200:
         raise ToolError(f"login as {username} failed: {response.status_code} {response.text}")
     token: str = response.json()["access_token"]

@@ -75,7 +75,9 @@ async def _drive(refreshes: int, cycles: int, admin: tuple[str, str]) -> None:
 
 
 async def _login(http: httpx.AsyncClient, username: str, password: str) -> dict[str, Any]:
-    answer = await http.post("/token", data={"username": username, "password": password})
+    answer = await http.post(
+        "/token", data={"grant_type": "password", "username": username, "password": password}
+    )
     assert answer.status_code == 200, answer.text
     tokens: dict[str, Any] = answer.json()
     return tokens

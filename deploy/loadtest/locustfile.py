@@ -188,7 +188,11 @@ class Session(HttpUser):
             _journeys["completed"] += 1
 
     def _journey(self) -> None:
-        form = {"username": self.account["username"], "password": self.account["password"]}
+        form = {
+            "grant_type": "password",
+            "username": self.account["username"],
+            "password": self.account["password"],
+        }
         tokens = self.call("POST", "/token", LOGIN_NAME, 200, _has_tokens, data=form)
         access, refresh = tokens["access_token"], tokens["refresh_token"]
         self.think()
@@ -234,8 +238,8 @@ class Session(HttpUser):
             return None
 
         fresh = self.call(
-            "POST", "/token/refresh", "POST /token/refresh", 200, rotated,
-            json={"refresh_token": refresh},
+            "POST", "/token", "POST /token (refresh)", 200, rotated,
+            data={"grant_type": "refresh_token", "refresh_token": refresh},
         )  # fmt: skip
         access, refresh = fresh["access_token"], fresh["refresh_token"]
         self.call(
@@ -253,9 +257,16 @@ class Session(HttpUser):
             token=access,
         )  # fmt: skip
         self.call(
-            "POST", "/token/refresh", "POST /token/refresh (logged-out token)", 401,
-            json={"refresh_token": refresh},
+            "POST", "/token", "POST /token (refresh, logged-out token)", 400, _invalid_grant,
+            data={"grant_type": "refresh_token", "refresh_token": refresh},
         )  # fmt: skip
+
+
+def _invalid_grant(body: Any) -> str | None:
+    """RFC 6749 §5.2: a dead refresh token is an `invalid_grant`."""
+    if not isinstance(body, dict) or body.get("error") != "invalid_grant":
+        return "no invalid_grant error"
+    return None
 
 
 def _has_tokens(body: Any) -> str | None:

@@ -91,7 +91,7 @@ class Admin:
         self.login()
 
     def login(self) -> None:
-        form = {"username": self.username, "password": self.password}
+        form = {"grant_type": "password", "username": self.username, "password": self.password}
         response = self.client.post("/token", data=form)
         if response.status_code != 200:
             raise RunError(f"admin login failed: {response.status_code} {response.text[:200]}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -148,10 +148,82 @@ class PredictionSchemas:
 
 
 class TokenResponse(BaseModel):
+    """RFC 6749 §5.1."""
+
     access_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int
     refresh_token: str
+    scope: str = Field(description="The access token's scopes, space-separated")
+
+
+class ErrorOut(BaseModel):
+    """Every error of this API: `detail` (FastAPI's convention; a list for 422s), with
+    `error` and `error_description` where OAuth clients read them."""
+
+    detail: str | list[dict[str, Any]]
+    error: str | None = None
+    error_description: str | None = None
+
+
+class OAuthErrorOut(BaseModel):
+    """RFC 6749 §5.2 (`detail` repeats the description, as every error of this API has)."""
+
+    error: str
+    error_description: str
+    detail: str
+
+
+# RFC 6749 §3.1: an empty parameter counts as absent, so a required one must not be empty.
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class PasswordGrant(BaseModel):
+    """RFC 6749 §4.3, form-encoded: starts a session."""
+
+    grant_type: Literal["password"]
+    username: NonEmpty
+    password: NonEmpty
+    scope: str | None = Field(default=None, description="A subset of the user's scopes")
+    client_id: str | None = Field(default=None, description="Accepted and ignored")
+
+
+class RefreshGrant(BaseModel):
+    """RFC 6749 §6, form-encoded: rotates a session's refresh token."""
+
+    grant_type: Literal["refresh_token"]
+    refresh_token: NonEmpty
+    scope: str | None = Field(
+        default=None, description="A subset of the grant's scopes, for the new access token"
+    )
+    client_id: str | None = Field(default=None, description="Accepted and ignored")
+
+
+class RevokeForm(BaseModel):
+    """RFC 7009 §2.1, form-encoded."""
+
+    token: NonEmpty
+    token_type_hint: str | None = Field(
+        default=None,
+        description="access_token or refresh_token, if known; only orders the search",
+    )
+    client_id: str | None = Field(default=None, description="Accepted and ignored")
+
+
+class AuthorizationServerMetadata(BaseModel):
+    """RFC 8414 §2 (the members this server has)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    issuer: str
+    token_endpoint: str
+    revocation_endpoint: str
+    grant_types_supported: list[str]
+    response_types_supported: list[str]
+    scopes_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    revocation_endpoint_auth_methods_supported: list[str]
+    jwks_uri: str | None = None
 
 
 class RefreshRequest(StrictModel):

@@ -121,13 +121,20 @@ class SessionStore:
         started = await self._record(username, version, sid, pair, ip, user_agent)
         return pair if started else None
 
-    async def refresh(self, refresh_token: str) -> TokenPair:
-        """New tokens for the session of `refresh_token`, which dies: it works once, and
-        presenting a spent one ends its session. Raises RefreshRefused."""
+    def grant_of(self, refresh_token: str) -> TokenClaims:
+        """The verified claims of a refresh token (offline; its session is not checked).
+        Raises RefreshRefused."""
         try:
-            claims = self._tokens.decode(refresh_token, "refresh")
+            return self._tokens.decode(refresh_token, "refresh")
         except InvalidTokenError as exc:
             raise RefreshRefused(exc.reason) from None
+
+    async def refresh(
+        self, claims: TokenClaims, access_scopes: frozenset[Scope] | None = None
+    ) -> TokenPair:
+        """New tokens for the session of the refresh token `claims` came from, which dies:
+        it works once, and presenting a spent one ends its session. The new access token
+        may carry fewer scopes (`access_scopes`). Raises RefreshRefused."""
         if claims.session_ends_at <= time.time():
             raise RefreshRefused("session_expired")
         pair = self._tokens.issue_pair(
@@ -136,6 +143,7 @@ class SessionStore:
             claims.version,
             session=claims.session,
             session_ends_at=claims.session_ends_at,
+            access_scopes=access_scopes,
         )
         outcome = await self._rotate(claims, pair)
         if outcome is not Rotation.ROTATED:

@@ -85,6 +85,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     refresh_jti: str
+    access_scopes: frozenset[Scope]
     issued_at: int
     access_expires_at: int
     refresh_expires_at: int
@@ -165,15 +166,17 @@ class TokenService:
         *,
         session: str,
         session_ends_at: int,
+        access_scopes: frozenset[Scope] | None = None,
     ) -> TokenPair:
-        """Tokens of `session`; neither outlives `session_ends_at`."""
+        """Tokens of `session`; neither outlives `session_ends_at`. The refresh token
+        carries the session's grant (`scopes`); the access token `access_scopes`, a subset
+        a client asked for, or the whole grant."""
         now = int(time.time())
         access_exp = min(now + self._access_ttl, session_ends_at)
         refresh_exp = min(now + self._refresh_ttl, session_ends_at)
         refresh_jti = uuid.uuid4().hex
         common = {
             "sub": username,
-            "scope": " ".join(sorted(scopes)),
             "iat": now,
             "nbf": now,
             "iss": self._issuer,
@@ -182,13 +185,26 @@ class TokenService:
             "sid": session,
             "sxp": session_ends_at,
         }
+        granted = scopes if access_scopes is None else access_scopes
         access = self._sign(
-            common | {"exp": access_exp, "jti": uuid.uuid4().hex, "token_use": "access"}
+            common
+            | {
+                "scope": " ".join(sorted(granted)),
+                "exp": access_exp,
+                "jti": uuid.uuid4().hex,
+                "token_use": "access",
+            }
         )
         refresh = self._sign(
-            common | {"exp": refresh_exp, "jti": refresh_jti, "token_use": "refresh"}
+            common
+            | {
+                "scope": " ".join(sorted(scopes)),
+                "exp": refresh_exp,
+                "jti": refresh_jti,
+                "token_use": "refresh",
+            }
         )
-        return TokenPair(access, refresh, refresh_jti, now, access_exp, refresh_exp)
+        return TokenPair(access, refresh, refresh_jti, granted, now, access_exp, refresh_exp)
 
     def _sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(
@@ -231,6 +247,11 @@ class TokenService:
         verified = _claims(claims, expected)
         check_clock(verified)
         return verified
+
+    @property
+    def publishes_keys(self) -> bool:
+        """Whether verification keys are public (ES256/RS256), served as a JWKS."""
+        return bool(self._public_pems)
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """Public keys for other services; empty in HS256 mode (a secret is never published)."""

@@ -63,8 +63,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("redis unavailable: %s", type(exc).__name__)
     count_redis_error(exc)
+    # `error`: OAuth clients of the token endpoint read it (RFC 6749 §5.2's shape).
     return JSONResponse(
-        {"detail": "Service temporarily unavailable: storage unreachable"},
+        {
+            "detail": "Service temporarily unavailable: storage unreachable",
+            "error": "temporarily_unavailable",
+        },
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)},
     )

@@ -24,7 +24,9 @@ async def test_login_form_fields_of_any_size(
     client: httpx.AsyncClient, field: str, size: int
 ) -> None:
     """Finding 7: a password of a few KB answered 500."""
-    form = {"username": "admin", "password": "x" * 12} | {field: "a" * size}
+    form = {"grant_type": "password", "username": "admin", "password": "x" * 12} | {
+        field: "a" * size
+    }
     response = await client.post("/token", data=form)
     assert 400 <= response.status_code < 500, response.text
 

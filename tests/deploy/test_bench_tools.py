@@ -136,7 +136,8 @@ def test_loadtest_runner_short_run(tmp_path: Path, server: GunicornProcess) -> N
     assert (out / "loadtest_stats.csv").exists()
 
     token = httpx.post(
-        server.url + "/token", data={"username": ADMIN[0], "password": ADMIN[1]}
+        server.url + "/token",
+        data={"grant_type": "password", "username": ADMIN[0], "password": ADMIN[1]},
     ).json()["access_token"]
     users = httpx.get(server.url + "/users", headers={"Authorization": f"Bearer {token}"}).json()
     assert [u["username"] for u in users if u["username"].startswith("lt-")] == []

@@ -112,7 +112,9 @@ def stack() -> Iterator[Stack]:
 def test_login_predict_logout_through_the_load_balancer(stack: Stack) -> None:
     password = stack.compose("exec", "-T", "api", "cat", "/run/secrets/admin_password").strip()
     with httpx.Client(base_url=stack.url, timeout=30) as http:
-        response = http.post("/token", data={"username": "admin", "password": password})
+        response = http.post(
+            "/token", data={"grant_type": "password", "username": "admin", "password": password}
+        )
         assert response.status_code == 200, response.text
         headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
 

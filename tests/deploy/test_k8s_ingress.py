@@ -164,7 +164,7 @@ async def _logins(
     async def login(forwarded_for: str, password: str) -> int:
         response = await http.post(
             "/token",
-            data={"username": ADMIN_USERNAME, "password": password},
+            data={"grant_type": "password", "username": ADMIN_USERNAME, "password": password},
             headers={"X-Forwarded-For": forwarded_for},
         )
         return response.status_code
@@ -187,7 +187,7 @@ async def test_one_clients_wrong_passwords_do_not_lock_out_another_behind_the_in
     assert _configmap()["RATE_LIMIT_LOGIN"] == "5/minute"
     trusted = _configmap()["TRUSTED_PROXIES"]
     attacker, victim, sixth = await _logins(trusted, limits_redis, model_dir)
-    assert attacker == [401] * 5
+    assert attacker == [400] * 5
     assert victim == 200
     assert sixth == 429  # the attacker's own limit still holds
 
@@ -197,5 +197,5 @@ async def test_the_finding_with_the_old_setting(
 ) -> None:
     """The control: trusting only 127.0.0.1, everyone is the ingress pod, one bucket."""
     attacker, victim, _ = await _logins("127.0.0.1", limits_redis, model_dir)
-    assert attacker == [401] * 5
+    assert attacker == [400] * 5
     assert victim == 429

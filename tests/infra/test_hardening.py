@@ -58,7 +58,9 @@ async def test_docs_still_load_their_scripts(client: httpx.AsyncClient) -> None:
 
 
 async def test_token_responses_are_not_stored(client: httpx.AsyncClient) -> None:
-    login = await client.post("/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    login = await client.post(
+        "/token", data={"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD}
+    )
     assert login.headers["cache-control"] == "no-store"
     refreshed = await client.post(
         "/token/refresh", json={"refresh_token": login.json()["refresh_token"]}

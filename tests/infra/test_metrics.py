@@ -96,8 +96,8 @@ async def test_auth_failures_are_counted_by_reason(client: httpx.AsyncClient) ->
     before = await scrape(client)
     assert (await client.get("/users/me")).status_code == 401
     assert (await client.get("/users/me", headers=bearer("not-a-jwt"))).status_code == 401
-    wrong = {"username": "admin", "password": "wrong-password"}
-    assert (await client.post("/token", data=wrong)).status_code == 401
+    wrong = {"grant_type": "password", "username": "admin", "password": "wrong-password"}
+    assert (await client.post("/token", data=wrong)).status_code == 400
     after = await scrape(client)
     for reason in ("missing", "malformed", "bad_credentials"):
         assert value(after, "auth_failures_total", reason=reason) == (

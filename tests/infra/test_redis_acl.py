@@ -361,7 +361,8 @@ async def test_the_service_works_as_the_api_user(acl_redis: AclRedis, acl_app: F
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         assert (await http.get("/readyz")).status_code == 200
         login = await http.post(
-            "/token", data={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+            "/token",
+            data={"grant_type": "password", "username": ADMIN_USERNAME, "password": ADMIN_PASSWORD},
         )
         assert login.status_code == 200, login.text
         tokens = login.json()

@@ -113,9 +113,13 @@ async def test_login_brute_force_is_cut_off_even_with_the_right_password(
 ) -> None:
     # user_tokens logged alice in once (1 of 3 attempts used).
     for _ in range(2):
-        wrong = await client.post("/token", data={"username": "alice", "password": "x" * 12})
-        assert wrong.status_code == 401
-    right = await client.post("/token", data={"username": "alice", "password": USER_PASSWORD})
+        wrong = await client.post(
+            "/token", data={"grant_type": "password", "username": "alice", "password": "x" * 12}
+        )
+        assert wrong.status_code == 400
+    right = await client.post(
+        "/token", data={"grant_type": "password", "username": "alice", "password": USER_PASSWORD}
+    )
     assert right.status_code == 429
     assert int(right.headers["retry-after"]) >= 1
     # Both policies of the route, in the order they counted the request.
@@ -126,11 +130,14 @@ async def test_login_brute_force_is_cut_off_even_with_the_right_password(
 async def test_one_address_cannot_try_many_usernames(client: httpx.AsyncClient) -> None:
     codes = [
         (
-            await client.post("/token", data={"username": f"user{i}", "password": "x" * 12})
+            await client.post(
+                "/token",
+                data={"grant_type": "password", "username": f"user{i}", "password": "x" * 12},
+            )
         ).status_code
         for i in range(7)
     ]
-    assert codes == [401] * 6 + [429]
+    assert codes == [400] * 6 + [429]
 
 
 async def test_public_routes_are_limited_per_ip(client: httpx.AsyncClient) -> None:
@@ -163,8 +170,10 @@ async def test_counted_requests_carry_the_headers_whatever_their_status(
     invalid = await client.post("/predict", json={"data": [1, 2, 3]}, headers=user_headers)
     assert invalid.status_code == 422
     assert re.fullmatch(rf'"default";r={LIMIT - 1};t=\d+', invalid.headers["ratelimit"])
-    failed_login = await client.post("/token", data={"username": "nobody", "password": "x" * 12})
-    assert failed_login.status_code == 401
+    failed_login = await client.post(
+        "/token", data={"grant_type": "password", "username": "nobody", "password": "x" * 12}
+    )
+    assert failed_login.status_code == 400
     assert '"login";q=3;w=60' in failed_login.headers["ratelimit-policy"]
     not_counted = await client.get("/users/me", headers=user_headers)
     assert "ratelimit" not in not_counted.headers

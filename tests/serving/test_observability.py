@@ -166,7 +166,8 @@ def test_sigterm_lets_an_in_flight_request_finish(
     connections are refused meanwhile, and the master exits cleanly afterwards."""
     server = gunicorn_factory(redis_db(module_redis, 4), GRACEFUL_TIMEOUT="20")
     token = httpx.post(
-        f"{server.url}/token", data={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+        f"{server.url}/token",
+        data={"grant_type": "password", "username": ADMIN_USERNAME, "password": ADMIN_PASSWORD},
     ).json()["access_token"]
     body = json.dumps({"data": [5.1, 3.5, 1.4, 0.2]}).encode()
     head = (

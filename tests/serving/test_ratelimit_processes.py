@@ -106,7 +106,7 @@ def test_redis_outage_answers_503_fast_and_recovers(
     try:
         for path, kwargs in (
             ("/predict", {"json": BODY, "headers": headers}),
-            ("/token", {"data": {"username": "outage", "password": "process-test-password"}}),
+            ("/token", {"data": {"grant_type": "password", "username": "outage", "password": "x"}}),
             ("/users/me", {"headers": headers}),
         ):
             method = "GET" if path == "/users/me" else "POST"

@@ -34,7 +34,7 @@ def _tokens(response: _Response) -> dict[str, Any]:
 
 
 def _form(username: str, password: str) -> dict[str, str]:
-    return {"username": username, "password": password}
+    return {"grant_type": "password", "username": username, "password": password}
 
 
 async def login(

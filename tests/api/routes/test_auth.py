@@ -19,10 +19,13 @@ from tests.support.settings import ADMIN_PASSWORD, USER_PASSWORD
 
 @BOTH_TRANSPORTS
 async def test_login_returns_token_pair(client: httpx.AsyncClient) -> None:
-    response = await client.post("/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    response = await client.post(
+        "/token", data={"grant_type": "password", "username": "admin", "password": ADMIN_PASSWORD}
+    )
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
+    assert body["scope"] == "admin predict"
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 900
     assert response.headers["cache-control"] == "no-store"
@@ -34,12 +37,19 @@ async def test_username_is_case_insensitive(client: httpx.AsyncClient) -> None:
 
 @BOTH_TRANSPORTS
 async def test_unknown_user_and_wrong_password_look_the_same(client: httpx.AsyncClient) -> None:
-    wrong_password = await client.post("/token", data={"username": "admin", "password": "x" * 12})
-    unknown_user = await client.post("/token", data={"username": "nobody", "password": "x" * 12})
-    invalid_name = await client.post("/token", data={"username": "a b", "password": "x" * 12})
+    wrong_password = await client.post(
+        "/token", data={"grant_type": "password", "username": "admin", "password": "x" * 12}
+    )
+    unknown_user = await client.post(
+        "/token", data={"grant_type": "password", "username": "nobody", "password": "x" * 12}
+    )
+    invalid_name = await client.post(
+        "/token", data={"grant_type": "password", "username": "a b", "password": "x" * 12}
+    )
     for response in (wrong_password, unknown_user, invalid_name):
-        assert response.status_code == 401
-        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_grant"
+        assert response.headers["cache-control"] == "no-store"
     assert wrong_password.json() == unknown_user.json() == invalid_name.json()
 
 
@@ -57,7 +67,9 @@ async def test_unknown_user_still_verifies_a_hash(
         return await original(hasher, password, stored_hash)
 
     monkeypatch.setattr(PasswordHasher, "verify", spy)
-    await client.post("/token", data={"username": "nobody", "password": "x" * 12})
+    await client.post(
+        "/token", data={"grant_type": "password", "username": "nobody", "password": "x" * 12}
+    )
     assert calls == [None]
 
 
@@ -67,14 +79,24 @@ async def test_disabled_user_cannot_log_in(
 ) -> None:
     await create_user(client, admin_headers, "bob")
     await client.patch("/users/bob", json={"disabled": True}, headers=admin_headers)
-    response = await client.post("/token", data={"username": "bob", "password": USER_PASSWORD})
-    assert response.status_code == 401
-    assert response.json()["detail"] == "Incorrect username or password"
+    response = await client.post(
+        "/token", data={"grant_type": "password", "username": "bob", "password": USER_PASSWORD}
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_grant",
+        "error_description": "Incorrect username or password",
+        "detail": "Incorrect username or password",
+    }
 
 
 async def test_login_form_is_required(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/token")).status_code == 422
-    assert (await client.post("/token", json={"username": "a", "password": "b"})).status_code == 422
+    for answer in (
+        await client.post("/token"),
+        await client.post("/token", json={"username": "a", "password": "b"}),
+    ):
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "invalid_request"
 
 
 @BOTH_TRANSPORTS
@@ -98,12 +120,12 @@ async def test_refresh_reuse_ends_that_session_only(
     old = user_tokens["refresh_token"]
     rotated = (await client.post("/token/refresh", json={"refresh_token": old})).json()
     reuse = await client.post("/token/refresh", json={"refresh_token": old})
-    assert reuse.status_code == 401
+    assert reuse.status_code == 400
     assert "reuse" in reuse.json()["detail"]
     for token in (rotated["access_token"], user_tokens["access_token"]):
         assert (await client.get("/users/me", headers=bearer(token))).status_code == 401
     again = await client.post("/token/refresh", json={"refresh_token": rotated["refresh_token"]})
-    assert again.status_code == 401
+    assert again.status_code == 400
     # The user's other session lives on.
     assert (await client.get("/users/me", headers=bearer(other["access_token"]))).status_code == 200
     refreshed = await client.post("/token/refresh", json={"refresh_token": other["refresh_token"]})
@@ -116,7 +138,7 @@ async def test_access_token_is_not_a_refresh_token(
     response = await client.post(
         "/token/refresh", json={"refresh_token": user_tokens["access_token"]}
     )
-    assert response.status_code == 401
+    assert response.status_code == 400
 
 
 @BOTH_TRANSPORTS
@@ -134,7 +156,7 @@ async def test_logout_revokes_access_and_refresh(
     refresh = await client.post(
         "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
     )
-    assert refresh.status_code == 401
+    assert refresh.status_code == 400
     # Ending a session deletes its record: nothing is left behind per token.
     assert [key async for key in redis.scan_iter(f"{session_key('alice', '*')}")] == []
 
@@ -149,7 +171,7 @@ async def test_logout_without_body_ends_the_whole_session(
     refresh = await client.post(
         "/token/refresh", json={"refresh_token": user_tokens["refresh_token"]}
     )
-    assert refresh.status_code == 401
+    assert refresh.status_code == 400
 
 
 async def test_login_rehashes_when_parameters_change(

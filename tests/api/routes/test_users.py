@@ -126,7 +126,11 @@ async def test_concurrent_start_ups_create_exactly_one_admin(
                 (
                     await client.post(
                         "/token",
-                        data={"username": "admin", "password": f"admin-password-{i:04d}"},
+                        data={
+                            "grant_type": "password",
+                            "username": "admin",
+                            "password": f"admin-password-{i:04d}",
+                        },
                     )
                 ).status_code
                 for i in range(6)
