@@ -301,6 +301,11 @@ class ReadyOut(BaseModel):
     checks: dict[str, str]
 
 
+class NotReadyOut(BaseModel):
+    detail: str
+    checks: dict[str, str]
+
+
 class ModelInfo(BaseModel):
     """The artifact's manifest, as trained."""
 

@@ -220,7 +220,8 @@ class ObservabilityMiddleware:
 
 def _route(scope: Scope) -> str:
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    # The template as documented (`/users/{username}`), without convertors.
+    path = getattr(route, "path_format", None)
     return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
 
 

@@ -22,7 +22,7 @@ from schemathesis.python import asgi
 
 from service.infra.keys import USERS_SET, session_key, user_key
 from service.main import create_app
-from tests.fuzz.conftest import fuzz_hypothesis_settings
+from tests.fuzz.conftest import fuzz_examples, fuzz_hypothesis_settings
 from tests.support.auth import bearer, login_sync
 from tests.support.settings import (
     ADMIN_PASSWORD,
@@ -43,16 +43,6 @@ BASE_URL = "http://testserver"
 FuzzCase = Case[Any]
 TARGET_USER = "fuzz-target"
 
-# Statuses any route may answer for reasons no single operation owns, so requiring every
-# operation to document them would only add noise to the schema.
-GENERIC_STATUSES = {
-    400: "body that is not UTF-8 / cannot be parsed (FastAPI), or a bad Content-Length",
-    405: "method not allowed (routing)",
-    413: "body over MAX_BODY_BYTES (middleware, before any route)",
-    429: "rate limited",
-    503: "Redis unreachable",
-}
-
 # (method, path template) -> body fields whose rules the schema does not state, so a
 # schema-valid value can be refused with 422.
 UNDECLARED_RULES: dict[tuple[str, str], frozenset[str]] = {
@@ -62,21 +52,10 @@ UNDECLARED_RULES: dict[tuple[str, str], frozenset[str]] = {
 }
 OAUTH_ENDPOINTS = frozenset({"/token", "/revoke"})
 GRANT_ENDPOINTS = frozenset({"/token", "/token/refresh"})
-# `PATCH /users/me` is `PATCH /users/{username}` with an invalid name: a 422, not a 405.
-OVERLAPPING_PATHS = frozenset({"/users/me"})
 
 
 def _key(case: FuzzCase) -> tuple[str, str]:
     return case.operation.method.upper(), case.operation.path
-
-
-def documented_status(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
-    """status_code_conformance, minus GENERIC_STATUSES."""
-    status = response.status_code
-    if status in GENERIC_STATUSES:
-        return None
-    outcome: bool | None = checks.status_code_conformance(ctx, response, case)
-    return outcome
 
 
 def accepts_valid_data(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
@@ -99,13 +78,6 @@ def accepts_valid_data(ctx: CheckContext, response: Response, case: FuzzCase) ->
 
 def allow_header(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
     outcome: bool | None = checks.allow_header_conformance(ctx, response, case)
-    return outcome
-
-
-def undeclared_method(ctx: CheckContext, response: Response, case: FuzzCase) -> bool | None:
-    if case.operation.path in OVERLAPPING_PATHS:
-        return None
-    outcome: bool | None = checks.unsupported_method(ctx, response, case)
     return outcome
 
 
@@ -138,10 +110,11 @@ CHECKS: list[Callable[[CheckContext, Response, FuzzCase], bool | None]] = [
     checks.response_headers_conformance,
     checks.negative_data_rejection,
     checks.ignored_auth,
-    documented_status,
+    checks.status_code_conformance,
     accepts_valid_data,
     allow_header,
-    undeclared_method,
+    checks.unsupported_method,
+    checks.missing_required_header,
     contract_errors,
 ]
 
@@ -260,3 +233,25 @@ def test_405_allow_lists_every_method(api: asgi.ASGIClient, path: str) -> None:
     allowed = {m.strip().upper() for m in response.headers["allow"].split(",")}
     declared = {m.upper() for m in OPENAPI["paths"][path]}
     assert declared <= allowed, (declared, allowed)
+
+
+# --- Stateful: sequences that follow the schema's links (a new user -> update, delete,
+# revoke its tokens, list and end its sessions; a session listing -> end a session).
+
+
+def test_linked_operations_in_sequence(api: asgi.ASGIClient, admin: AdminSession) -> None:
+    """schemathesis' state machine walks the OpenAPI links with every check, the stateful
+    ones (use after free, resource availability) included."""
+    machine: Any = schema.as_state_machine()
+
+    class Workflow(machine):  # type: ignore[misc]
+        def get_call_kwargs(self, case: FuzzCase) -> dict[str, Any]:
+            return {"base_url": BASE_URL, "session": api, "headers": admin.headers()}
+
+        def validate_response(self, response: Response, case: FuzzCase, **kwargs: Any) -> None:
+            case.validate_response(response, checks=STATEFUL_CHECKS)
+
+    Workflow.run(settings=fuzz_hypothesis_settings(examples=max(5, fuzz_examples() // 2)))
+
+
+STATEFUL_CHECKS = [*CHECKS, checks.use_after_free, checks.ensure_resource_availability]

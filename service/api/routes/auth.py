@@ -27,9 +27,9 @@ from service.api.oauth import (
     read_form,
     required,
 )
+from service.api.responses import AUTHENTICATED, BODY, LIMITED, errors
 from service.api.schemas import (
     AuthorizationServerMetadata,
-    ErrorOut,
     LogoutRequest,
     OAuthErrorOut,
     PasswordGrant,
@@ -149,7 +149,7 @@ async def _refresh_grant(
     "/token",
     response_model=TokenResponse,
     openapi_extra=_form_body(PasswordGrant, RefreshGrant),
-    responses=_OAUTH_ERRORS,
+    responses=_OAUTH_ERRORS | errors(413, 503),
 )
 async def token(request: Request, response: Response, runtime: RuntimeDep) -> TokenResponse:
     """The token endpoint: `grant_type=password` (username, password) starts a session;
@@ -173,12 +173,9 @@ async def token(request: Request, response: Response, runtime: RuntimeDep) -> To
     "/token/refresh",
     response_model=TokenResponse,
     dependencies=[Depends(rate_limit(PUBLIC))],
-    responses={
-        400: {
-            "model": ErrorOut,
-            "description": "invalid_grant: a dead refresh token; or a body that is not JSON",
-        }
-    },
+    responses=BODY
+    | LIMITED
+    | errors(s400="invalid_grant: a dead refresh token; or a body that is not JSON"),
 )
 async def refresh(response: Response, body: RefreshRequest, runtime: RuntimeDep) -> TokenResponse:
     """The refresh grant, as JSON: a refresh token works once; presenting a spent one ends
@@ -196,7 +193,9 @@ async def refresh(response: Response, body: RefreshRequest, runtime: RuntimeDep)
         200: {"description": "Revoked, or was not a live token (RFC 7009 §2.2): `{}`"},
         400: _OAUTH_ERRORS[400],
         401: _OAUTH_ERRORS[401],
-    },
+    }
+    | errors(413)
+    | LIMITED,
 )
 async def revoke(request: Request, runtime: RuntimeDep) -> JSONResponse:
     """RFC 7009: revoking either token of a session ends the session. The answer is the same
@@ -220,7 +219,7 @@ async def revoke(request: Request, runtime: RuntimeDep) -> JSONResponse:
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={401: {"description": "Missing, invalid or expired token"}},
+    responses=AUTHENTICATED | BODY,
 )
 async def logout(
     user: CurrentUser, runtime: RuntimeDep, body: LogoutRequest | None = None
@@ -243,7 +242,7 @@ async def logout(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/.well-known/jwks.json", dependencies=[Depends(rate_limit(PUBLIC))])
+@router.get("/.well-known/jwks.json", dependencies=[Depends(rate_limit(PUBLIC))], responses=LIMITED)
 async def jwks(runtime: RuntimeDep) -> dict[str, Any]:
     """Public verification keys (ES256/RS256 modes); empty for HS256, whose key is secret."""
     return runtime.tokens.jwks()
@@ -254,6 +253,7 @@ async def jwks(runtime: RuntimeDep) -> dict[str, Any]:
     response_model=AuthorizationServerMetadata,
     response_model_exclude_none=True,
     dependencies=[Depends(rate_limit(PUBLIC))],
+    responses=LIMITED,
 )
 async def authorization_server_metadata(
     request: Request, runtime: RuntimeDep

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 
 from service.api.deps import RuntimeDep, rate_limit
-from service.api.schemas import HealthOut, MessageOut, ReadyOut
+from service.api.responses import LIMITED
+from service.api.schemas import HealthOut, MessageOut, NotReadyOut, ReadyOut
 from service.rules.policies import PUBLIC
 
 router = APIRouter(tags=["meta"])
@@ -15,7 +16,9 @@ router = APIRouter(tags=["meta"])
 MEMORY_PRESSURE_RATIO = 0.9
 
 
-@router.get("/", response_model=MessageOut, dependencies=[Depends(rate_limit(PUBLIC))])
+@router.get(
+    "/", response_model=MessageOut, dependencies=[Depends(rate_limit(PUBLIC))], responses=LIMITED
+)
 async def root(runtime: RuntimeDep) -> MessageOut:
     name = runtime.predictor.manifest.name
     return MessageOut(message=f"secure-ml-api: serving {name}. Log in at /token.", docs="/docs")
@@ -30,7 +33,7 @@ async def healthz() -> HealthOut:
 @router.get(
     "/readyz",
     response_model=ReadyOut,
-    responses={503: {"description": "Redis unreachable or model not loaded"}},
+    responses={503: {"model": NotReadyOut, "description": "Redis unreachable: not ready"}},
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: take this instance out of the load balancer while it cannot serve. The

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentUser, PredictUser, RuntimeDep
+from service.api.responses import ADMIN, AUTHENTICATED, BODY, LIMITED
 from service.api.schemas import (
     BatchPredictResponse,
     ModelInfo,
@@ -29,11 +30,7 @@ from service.infra.metrics import record_inference
 from service.ml.manifest import ModelManifest
 from service.ml.predictor import Predictor
 
-_LIMITED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, invalid, expired or revoked token"},
-    403: {"description": "Token lacks the predict scope"},
-    429: {"description": "Per-user rate limit reached (see Retry-After)"},
-}
+_PREDICT_ERRORS = ADMIN | BODY | LIMITED
 
 
 def _predictions(predictor: Predictor, rows: list[list[float]]) -> list[dict[str, object]]:
@@ -96,7 +93,7 @@ def build_router(manifest: ModelManifest) -> APIRouter:
     @router.post(
         "/predict",
         response_model=PredictResponse,
-        responses=_LIMITED | _response_example(manifest),
+        responses=_PREDICT_ERRORS | _response_example(manifest),
     )
     @_annotate(body=schemas.request)
     async def predict(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
@@ -104,7 +101,7 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         result["model_version"] = runtime.predictor.manifest.version
         return _json(result)
 
-    @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_LIMITED)
+    @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_PREDICT_ERRORS)
     @_annotate(body=schemas.batch_request)
     async def predict_batch(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
         limit = runtime.settings.max_batch_size
@@ -122,7 +119,9 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         version = runtime.predictor.manifest.version
         return _json({"predictions": predictions, "model_version": version})
 
-    @router.get("/model", response_model=ModelInfo, status_code=status.HTTP_200_OK)
+    @router.get(
+        "/model", response_model=ModelInfo, status_code=status.HTTP_200_OK, responses=AUTHENTICATED
+    )
     async def model_info(_: CurrentUser, runtime: RuntimeDep) -> Response:
         return _json(runtime.predictor.manifest.describe())
 

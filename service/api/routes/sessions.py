@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from service.api.deps import AdminUser, CurrentUser, Principal, RuntimeDep
+from service.api.paths import SessionIdPath, UsernamePath
+from service.api.responses import ADMIN, AUTHENTICATED, Responses, errors
 from service.api.schemas import SessionOut
 from service.auth.sessions import Session
-from service.rules.accounts import USERNAME_PATTERN
 
 router = APIRouter(prefix="/users", tags=["sessions"])
 
-UsernamePath = Annotated[str, Path(pattern=USERNAME_PATTERN)]
-SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
-_AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, invalid, expired or revoked token"},
-}
-_ADMIN: dict[int | str, dict[str, Any]] = _AUTH | {403: {"description": "Token lacks admin"}}
-_NO_SESSION: dict[int | str, dict[str, Any]] = {404: {"description": "No such live session"}}
+_NO_SESSION = errors(s404="No such live session")
+
+
+def _links(operation: str, **parameters: str) -> Responses:
+    """OpenAPI link from a session listing to ending its first session."""
+    return {
+        200: {
+            "links": {
+                "EndFirstSession": {
+                    "operationId": operation,
+                    "parameters": {"sid": "$response.body#/0/sid", **parameters},
+                }
+            }
+        }
+    }
 
 
 def _out(session: Session, caller: Principal, owner: str) -> SessionOut:
@@ -46,7 +54,11 @@ async def _end(runtime: RuntimeDep, owner: str, sid: str) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/me/sessions", response_model=list[SessionOut], responses=_AUTH)
+@router.get(
+    "/me/sessions",
+    response_model=list[SessionOut],
+    responses=AUTHENTICATED | _links("endMySession"),
+)
 async def my_sessions(user: CurrentUser, runtime: RuntimeDep) -> list[SessionOut]:
     """The caller's live sessions, oldest first; `current` marks this token's."""
     return await _listing(runtime, user, user.username)
@@ -55,14 +67,20 @@ async def my_sessions(user: CurrentUser, runtime: RuntimeDep) -> list[SessionOut
 @router.delete(
     "/me/sessions/{sid}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=_AUTH | _NO_SESSION,
+    responses=AUTHENTICATED | _NO_SESSION,
+    operation_id="endMySession",
 )
-async def end_my_session(sid: SessionId, user: CurrentUser, runtime: RuntimeDep) -> Response:
+async def end_my_session(sid: SessionIdPath, user: CurrentUser, runtime: RuntimeDep) -> Response:
     """End one of the caller's sessions (404 if it is not a live session of the caller)."""
     return await _end(runtime, user.username, sid)
 
 
-@router.get("/{username}/sessions", response_model=list[SessionOut], responses=_ADMIN)
+@router.get(
+    "/{username:username}/sessions",
+    response_model=list[SessionOut],
+    responses=ADMIN | _links("endUserSession", username="$request.path.username"),
+    operation_id="listUserSessions",
+)
 async def user_sessions(
     username: UsernamePath, admin: AdminUser, runtime: RuntimeDep
 ) -> list[SessionOut]:
@@ -71,11 +89,12 @@ async def user_sessions(
 
 
 @router.delete(
-    "/{username}/sessions/{sid}",
+    "/{username:username}/sessions/{sid}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=_ADMIN | _NO_SESSION,
+    responses=ADMIN | _NO_SESSION,
+    operation_id="endUserSession",
 )
 async def end_user_session(
-    username: UsernamePath, sid: SessionId, _: AdminUser, runtime: RuntimeDep
+    username: UsernamePath, sid: SessionIdPath, _: AdminUser, runtime: RuntimeDep
 ) -> Response:
     return await _end(runtime, username.lower(), sid)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from service.api.deps import AdminUser, CurrentUser, RuntimeDep
+from service.api.paths import UsernamePath
+from service.api.responses import ADMIN, AUTHENTICATED, BODY, errors
 from service.api.schemas import UserCreate, UserDetail, UserOut, UserUpdate
 from service.auth.users import AdminChangeRefused, User
-from service.rules.accounts import USERNAME_PATTERN, check_password
+from service.rules.accounts import check_password
 from service.rules.rates import Rate
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-UsernamePath = Annotated[str, Path(pattern=USERNAME_PATTERN)]
 
 
 def _detail(user: User) -> UserDetail:
@@ -47,22 +46,35 @@ def _check_password(username: str, password: str) -> None:
         ) from None
 
 
-@router.get("/me", response_model=UserOut)
+@router.get("/me", response_model=UserOut, responses=AUTHENTICATED)
 async def me(user: CurrentUser) -> UserOut:
     return UserOut(username=user.username, scopes=sorted(user.scopes), disabled=False)
 
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such user"}}
-_ADMIN_CHANGE: dict[int | str, dict[str, Any]] = _NOT_FOUND | {
-    409: {"description": "It would leave no enabled admin, or an admin would demote itself"}
+_NOT_FOUND = ADMIN | errors(s404="No such user")
+# OpenAPI links: what a client (and schemathesis' stateful runs) can do with a new user.
+_USER_LINKS = {
+    name: {"operationId": operation, "parameters": {"username": "$response.body#/username"}}
+    for name, operation in (
+        ("UpdateUser", "updateUser"),
+        ("DeleteUser", "deleteUser"),
+        ("RevokeUserTokens", "revokeUserTokens"),
+        ("ListUserSessions", "listUserSessions"),
+    )
 }
+_ADMIN_CHANGE = _NOT_FOUND | errors(
+    s409="It would leave no enabled admin, or an admin would demote itself"
+)
 
 
 @router.post(
     "",
     response_model=UserDetail,
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "A user with that name exists"}},
+    responses=ADMIN
+    | BODY
+    | errors(s409="A user with that name exists")
+    | {201: {"links": _USER_LINKS}},
 )
 async def create_user(body: UserCreate, _: AdminUser, runtime: RuntimeDep) -> UserDetail:
     _check_password(body.username, body.password)
@@ -74,12 +86,17 @@ async def create_user(body: UserCreate, _: AdminUser, runtime: RuntimeDep) -> Us
     return _detail(user)
 
 
-@router.get("", response_model=list[UserDetail])
+@router.get("", response_model=list[UserDetail], responses=ADMIN)
 async def list_users(_: AdminUser, runtime: RuntimeDep) -> list[UserDetail]:
     return [_detail(user) for user in await runtime.users.list()]
 
 
-@router.patch("/{username}", response_model=UserDetail, responses=_ADMIN_CHANGE)
+@router.patch(
+    "/{username:username}",
+    response_model=UserDetail,
+    responses=_ADMIN_CHANGE | BODY,
+    operation_id="updateUser",
+)
 async def update_user(
     username: UsernamePath, body: UserUpdate, admin: AdminUser, runtime: RuntimeDep
 ) -> UserDetail:
@@ -107,7 +124,12 @@ async def update_user(
     return _detail(user)
 
 
-@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT, responses=_ADMIN_CHANGE)
+@router.delete(
+    "/{username:username}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_ADMIN_CHANGE,
+    operation_id="deleteUser",
+)
 async def delete_user(username: UsernamePath, admin: AdminUser, runtime: RuntimeDep) -> Response:
     """Delete the user and end its sessions; 409 as for PATCH."""
     try:
@@ -120,7 +142,10 @@ async def delete_user(username: UsernamePath, admin: AdminUser, runtime: Runtime
 
 
 @router.post(
-    "/{username}/revoke-tokens", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND
+    "/{username:username}/revoke-tokens",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_NOT_FOUND,
+    operation_id="revokeUserTokens",
 )
 async def revoke_tokens(username: UsernamePath, _: AdminUser, runtime: RuntimeDep) -> Response:
     """Every token issued to the user so far stops working, on every instance, at once."""

@@ -161,3 +161,13 @@ async def test_a_recreated_user_starts_with_a_fresh_quota(
     assert await redis.exists(counter)
     assert (await client.delete("/users/alice", headers=admin_headers)).status_code == 204
     assert not await redis.exists(counter)
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE", "PUT", "POST"])
+async def test_only_get_is_defined_on_my_own_user(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], method: str
+) -> None:
+    """`/users/me` is the caller's resource, not a user named "me": other methods are 405."""
+    response = await client.request(method, "/users/me", json={}, headers=admin_headers)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
