@@ -30,6 +30,9 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _private_metrics_dir = tempfile.mkdtemp(prefix="secure-ml-api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_metrics_dir
 _metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+# It must exist before the app is preloaded: importing it creates metric files. (It is
+# emptied in on_starting, which runs once per master, never again on a SIGHUP reload.)
+_metrics_dir.mkdir(parents=True, exist_ok=True)
 
 # prometheus_client chooses multiprocess mode when first imported: only now that it is set.
 from prometheus_client import multiprocess  # noqa: E402
@@ -37,8 +40,11 @@ from prometheus_client import multiprocess  # noqa: E402
 bind = [_settings.bind]
 workers = _settings.web_concurrency
 worker_class = "service.worker.Worker"
-# Workers build their Redis client and load the model in the app lifespan, after the fork.
-preload_app = False
+# The app (code, verified model) is loaded once, in the master, before it listens: workers
+# forked from it serve within moments, so a restarted or reloaded (SIGHUP) instance never
+# holds connections it cannot serve yet. Each worker opens its own Redis client in the app
+# lifespan, after the fork. A new model or new code needs a restart, not a SIGHUP.
+preload_app = True
 # SIGTERM: stop accepting, let in-flight requests finish for up to this long, then kill.
 graceful_timeout = _settings.graceful_timeout
 timeout = 30
@@ -60,8 +66,8 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Start from an empty metrics directory: a previous run's files would add to ours."""
-    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    """Start from an empty metrics directory: a previous run's files would add to ours (and
+    the master's own, written when the app was preloaded, hold nothing: it serves nothing)."""
     for stale in _metrics_dir.glob("*.db"):
         stale.unlink()
     server.log.info("metrics directory %s", _metrics_dir)

@@ -68,7 +68,7 @@ async def _change(runtime: Runtime, command: str, username: str) -> bool:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    runtime = Runtime.open(settings, with_model=False)
+    runtime = Runtime.open(settings)
     store = runtime.users
     try:
         if args.command == "list":

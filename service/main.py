@@ -1,6 +1,6 @@
-"""The app factory: `create_app(settings)` builds an app; its lifespan opens the worker's
-`Runtime` (Redis, the verified model, the stores) and ensures the admin user, and closes
-what it opened.
+"""The app factory: `create_app(settings)` loads the verified model and builds the app; its
+lifespan opens the worker's `Runtime` (Redis, the stores) and ensures the admin user, and
+closes what it opened.
 
 Run it with gunicorn: `gunicorn -c deploy/gunicorn.conf.py 'service.main:create_app()'`.
 """
@@ -23,7 +23,7 @@ from service.infra.config import Settings, load_settings
 from service.infra.errors import install_error_handlers
 from service.infra.logs import configure_logging
 from service.infra.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
-from service.ml.artifact import ArtifactError, read_manifest
+from service.ml.artifact import load_model
 from service.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,8 @@ Log in with **Authorize** (OAuth2 password flow), then call `POST /predict`.
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    runtime = Runtime.open(app.state.settings)
+    runtime = Runtime.open(app.state.settings, app.state.predictor)
     served = runtime.predictor.manifest
-    if served != app.state.manifest:
-        await runtime.close()
-        raise ArtifactError(
-            f"the model changed while the app started ({app.state.manifest.version} -> "
-            f"{served.version}): restart to serve the new one"
-        )
     app.state.runtime = runtime
     catching_up = None
     try:
@@ -75,7 +69,11 @@ async def _oauth_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings)
-    manifest = read_manifest(settings.model_dir)
+    # Loaded here, not in the lifespan: with gunicorn's preload_app this runs once in the
+    # master, before the workers fork, so a new or reloaded instance's workers are ready at
+    # once (and share the model's memory). Sockets, by contrast, are opened per worker.
+    predictor = load_model(settings.model_dir)
+    manifest = predictor.manifest
     app = FastAPI(
         title="secure-ml-api",
         version="0.1.0",
@@ -90,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": False},
     )
     app.state.settings = settings
-    app.state.manifest = manifest
+    app.state.predictor = predictor
     install_error_handlers(app)
     app.add_exception_handler(OAuth2Error, _oauth_error)
     for router in (

@@ -1,7 +1,8 @@
 """What one worker holds for its lifetime, built from the settings in one place.
 
 The app lifespan opens a `Runtime` after gunicorn forks (so Redis sockets are never shared
-between processes) and closes it at shutdown; the admin CLI opens one without the model.
+between processes) and closes it at shutdown; the admin CLI opens one without the model. The
+model itself is loaded once, before the fork (see `create_app`), and shared by the workers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.auth.passwords import PasswordHasher
@@ -19,10 +19,15 @@ from service.auth.tokens import TokenService
 from service.auth.users import UserStore
 from service.infra.config import Settings
 from service.infra.metrics import REDIS_MEMORY_RATIO, count_redis_error
-from service.infra.redis import Scripts, create_redis
+from service.infra.redis import (
+    RedisClient,
+    Scripts,
+    close_redis,
+    create_redis,
+    memory_ratio,
+)
 from service.limits.gate import Gate
 from service.limits.limiter import Limits
-from service.ml.artifact import load_model
 from service.ml.predictor import Predictor
 from service.rules.accounts import normalize_username
 from service.rules.policies import POLICIES, PREDICT
@@ -37,7 +42,7 @@ STORAGE_RETRY_MAX_SECONDS = 10.0
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     tokens: TokenService
     users: UserStore
     sessions: SessionStore
@@ -46,9 +51,8 @@ class Runtime:
     _predictor: Predictor | None
 
     @classmethod
-    def open(cls, settings: Settings, *, with_model: bool = True) -> Runtime:
-        """Build everything; `with_model=False` skips loading the model (admin commands)."""
-        predictor = load_model(settings.model_dir) if with_model else None
+    def open(cls, settings: Settings, predictor: Predictor | None = None) -> Runtime:
+        """Build everything around an already loaded model (None for admin commands)."""
         redis = create_redis(settings)
         scripts = Scripts.register(redis)
         gate = Gate(redis, scripts)
@@ -76,7 +80,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await close_redis(self.redis)
 
     @property
     def predictor(self) -> Predictor:
@@ -129,13 +133,11 @@ class Runtime:
         None when Redis does not answer within the socket timeout. A full Redis refuses
         writes (logins, refreshes), so readiness reports the pressure before that."""
         try:
-            info = await asyncio.wait_for(
-                self.redis.info("memory"), timeout=self.settings.redis_socket_timeout
+            ratio = await asyncio.wait_for(
+                memory_ratio(self.redis), timeout=self.settings.redis_socket_timeout
             )
         except (RedisError, OSError, TimeoutError) as exc:
             count_redis_error(exc)
             return None
-        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-        ratio = used / limit if limit else 0.0
         REDIS_MEMORY_RATIO.set(ratio)
         return ratio

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
-from redis.asyncio import Redis
-
 from service.auth.tokens import (
     InvalidTokenError,
     TokenClaims,
@@ -29,7 +27,7 @@ from service.auth.tokens import (
     accepted_until,
 )
 from service.infra.keys import session_key, sessions_key, user_key
-from service.infra.redis import Scripts
+from service.infra.redis import RedisClient, Scripts
 from service.rules.scopes import Scope
 
 # Beyond the clock rule's last moment: covers clock skew between instances and Redis.
@@ -89,7 +87,7 @@ class SessionStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         tokens: TokenService,
         *,

@@ -20,13 +20,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
 from redis.exceptions import LockError
 
 from service.auth.passwords import PasswordHasher
 from service.auth.sessions import SessionStore
 from service.infra.keys import ADMIN_CHANGE_LOCK, USERS_SET, legacy_user_key, user_key
-from service.infra.redis import Scripts
+from service.infra.redis import RedisClient, Scripts
 from service.rules.accounts import MAX_PASSWORD_LENGTH, normalize_username
 from service.rules.rates import Rate
 from service.rules.scopes import Scope
@@ -76,7 +75,7 @@ class UserStore:
     """CRUD on users; every write that must not race is a Lua script."""
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, hasher: PasswordHasher, sessions: SessionStore
+        self, redis: RedisClient, scripts: Scripts, hasher: PasswordHasher, sessions: SessionStore
     ) -> None:
         self._redis = redis
         self._scripts = scripts

@@ -67,7 +67,13 @@ def _read_secret_file(path: Path, variable: str) -> str:
 
 
 # Each secret variable and the *_FILE variable that may supply it instead.
-_FILE_BACKED = ("jwt_secret", "jwt_previous_secrets", "admin_password", "redis_password")
+_FILE_BACKED = (
+    "jwt_secret",
+    "jwt_previous_secrets",
+    "admin_password",
+    "redis_password",
+    "redis_sentinel_password",
+)
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -106,9 +112,15 @@ class Settings(BaseSettings):
     instance_name: str = Field(default_factory=socket.gethostname)
 
     # Redis: users, revocations and rate-limit counters live here.
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
     redis_password_file: Path | None = None
+    # Sentinel mode: the sentinels (host:port, ...) and the name of the primary they watch.
+    redis_sentinels: CommaList = ()
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    redis_sentinel_password: SecretStr | None = None
+    redis_sentinel_password_file: Path | None = None
     redis_socket_timeout: float = Field(default=0.5, gt=0, le=10)
     redis_max_connections: int = Field(default=64, ge=1)
 
@@ -158,7 +170,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("jwt_previous_public_key_files", "trusted_proxies", mode="before")
+    @field_validator(
+        "jwt_previous_public_key_files", "trusted_proxies", "redis_sentinels", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -178,6 +192,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{entry!r} is not an IP address or a CIDR without host bits"
                 ) from None
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("expected host:port entries, comma-separated")
         return value
 
     @field_validator("model_dir")
@@ -202,6 +225,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, name, secret)
         self._check_signing_keys()
         self._check_admin()
+        if self.redis_mode == "sentinel" and not self.redis_sentinels:
+            raise ValueError("REDIS_MODE=sentinel needs REDIS_SENTINELS (host:port,...)")
         return self
 
     def _check_admin(self) -> None:
@@ -240,6 +265,13 @@ class Settings(BaseSettings):
             return ()
         raw = self.jwt_previous_secrets.get_secret_value()
         return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [
+            (host.strip("[]"), int(port))
+            for host, _, port in (entry.rpartition(":") for entry in self.redis_sentinels)
+        ]
 
     def rate(self, policy: Policy) -> Rate:
         """The configured rate of a policy."""

@@ -1,22 +1,37 @@
-"""The Redis client and the Lua scripts the service runs on it.
+"""The Redis client, for each topology REDIS_MODE names, and the Lua scripts the service runs.
+
+- `standalone`: one Redis (or a managed primary) at REDIS_URL.
+- `cluster`: Redis Cluster; REDIS_URL names any node, redis-py's RedisCluster finds the
+  others and follows slot moves and failovers. Every script's keys share a hash tag (see
+  `keys.py`), so each runs within one slot.
+- `sentinel`: redis-py's Sentinel client asks REDIS_SENTINELS for the primary of
+  REDIS_SENTINEL_MASTER and follows it through failovers; REDIS_URL supplies only the
+  credentials and the database number.
 
 The client is created inside the app lifespan, i.e. in each worker after gunicorn forks, so
-no two processes ever share a socket. Short socket timeouts turn an unreachable or stalled
-Redis into a fast error (answered 503) instead of a hung request.
+no two processes ever share a socket. Short socket timeouts and a single immediate retry
+turn an unreachable, stalled or failing-over Redis into a fast error (answered 503) instead
+of a hung request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.infra.config import Settings
+
+RedisClient = Redis | RedisCluster
 
 
 def _lua(name: str) -> str:
@@ -26,7 +41,7 @@ def _lua(name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Scripts:
     """Registered scripts: redis-py reloads one by itself when Redis answers NOSCRIPT
-    (e.g. after a restart emptied the script cache)."""
+    (after a restart emptied the script cache, or on a freshly promoted cluster primary)."""
 
     gate: AsyncScript
     session_start: AsyncScript
@@ -37,7 +52,7 @@ class Scripts:
     rehash: AsyncScript
 
     @classmethod
-    def register(cls, client: Redis) -> Scripts:
+    def register(cls, client: RedisClient) -> Scripts:
         return cls(
             gate=client.register_script(_lua("gate.lua")),
             session_start=client.register_script(_lua("session_start.lua")),
@@ -49,21 +64,99 @@ class Scripts:
         )
 
 
-def create_redis(settings: Settings) -> Redis:
-    """A pooled asyncio client with short timeouts and no hidden retries."""
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+def _common(settings: Settings) -> dict[str, Any]:
+    """What every client of every mode gets: short timeouts, one immediate retry on a broken
+    connection and none on timeouts, a bounded pool, a name in CLIENT LIST."""
+    return {
+        "decode_responses": True,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "max_connections": settings.redis_max_connections,
+        "client_name": f"secure-ml-api:{settings.instance_name}",
+    }
+
+
+def _password(settings: Settings) -> str | None:
+    return settings.redis_password.get_secret_value() if settings.redis_password else None
+
+
+def create_redis(settings: Settings) -> RedisClient:
+    """The client for REDIS_MODE (see the module docstring)."""
+    if settings.redis_mode == "cluster":
+        # A password in the URL wins; REDIS_PASSWORD[_FILE] fills in when the URL has none.
+        cluster_password = urlsplit(settings.redis_url).password
+        return RedisCluster.from_url(
+            settings.redis_url,
+            **_common(settings),
+            # Cluster level: a failed call refreshes the slot map and is tried once more (0
+            # would leave pipelines dialling a dead primary; the default 10 hangs seconds).
+            retry=Retry(NoBackoff(), 1),
+            password=unquote(cluster_password) if cluster_password else _password(settings),
+        )
+    if settings.redis_mode == "sentinel":
+        return _sentinel_primary(settings)
     return Redis.from_url(
         settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        max_connections=settings.redis_max_connections,
+        **_common(settings),
         health_check_interval=30,
         retry_on_timeout=False,
-        # One immediate retry on a broken connection (e.g. pooled sockets that a Redis restart
+        # One immediate retry on a broken connection (pooled sockets that a Redis restart
         # closed) and none on timeouts, so a stalled Redis still fails within the timeout.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        client_name=f"secure-ml-api:{settings.instance_name}",
         # A password in the URL wins; REDIS_PASSWORD[_FILE] fills in when the URL has none.
-        password=password,
+        password=_password(settings),
     )
+
+
+def _sentinel_primary(settings: Settings) -> Redis:
+    url = urlsplit(settings.redis_url)
+    password = unquote(url.password) if url.password else _password(settings)
+    database = int(url.path.strip("/") or 0)
+    timeouts = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+    }
+    sentinel_password = settings.redis_sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinel_addresses,
+        # Given explicitly: the sentinels' own connections inherit none of the kwargs below.
+        sentinel_kwargs=timeouts
+        | (
+            {"password": sentinel_password.get_secret_value()}
+            if sentinel_password is not None
+            else {}
+        ),
+    )
+    primary: Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        **_common(settings),
+        username=unquote(url.username) if url.username else None,
+        password=password,
+        db=database,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return primary
+
+
+async def close_redis(client: RedisClient) -> None:
+    """Close the client and, in sentinel mode, its connections to the sentinels."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
+async def memory_ratio(client: RedisClient) -> float:
+    """Used memory / maxmemory of the fullest primary (0 when none has a maxmemory)."""
+    if isinstance(client, RedisCluster):
+        per_node = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        infos = list(per_node.values())
+    else:
+        infos = [await client.info("memory")]
+    ratios = [
+        int(info.get("used_memory", 0)) / int(info["maxmemory"])
+        for info in infos
+        if int(info.get("maxmemory", 0))
+    ]
+    return max(ratios, default=0.0)

@@ -11,11 +11,9 @@ import os
 from dataclasses import dataclass
 from enum import IntEnum
 
-from redis.asyncio import Redis
-
 from service.auth.tokens import TokenClaims
 from service.infra.keys import client_tag, rate_key, session_key, user_key, user_tag
-from service.infra.redis import Scripts
+from service.infra.redis import RedisClient, Scripts
 from service.rules.policies import CountedBy, Policy
 from service.rules.rates import Rate
 
@@ -44,7 +42,7 @@ class GateDecision:
 
 
 class Gate:
-    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+    def __init__(self, redis: RedisClient, scripts: Scripts) -> None:
         self._redis = redis
         self._scripts = scripts
 

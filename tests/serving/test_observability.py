@@ -104,8 +104,17 @@ def test_metrics_directory_is_emptied_at_start_and_dead_workers_are_forgotten(
     assert not (directory / "gauge_livesum_999999.db").exists()
     assert httpx.get(f"{server.url}/metrics").status_code == 200
 
+    # Workers create their files when they first count something (the app is preloaded in
+    # the master, whose import-time files the start-up clean-up removed).
+    deadline = time.monotonic() + 10
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while len(list(directory.glob("gauge_livesum_*.db"))) < 2:
+            assert time.monotonic() < deadline, "both workers never counted a request"
+            list(pool.map(lambda _: httpx.get(f"{server.url}/healthz"), range(16)))
     pids = sorted(int(p.stem.rsplit("_", 1)[1]) for p in directory.glob("gauge_livesum_*.db"))
     assert len(pids) == 2
+    assert server.proc is not None
+    assert server.proc.pid not in pids  # workers, never the master
     os.kill(pids[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while (directory / f"gauge_livesum_{pids[0]}.db").exists():
