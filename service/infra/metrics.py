@@ -65,6 +65,10 @@ AUTH_FAILURES = Counter(
     "auth_failures_total", "Refused credentials or tokens, by reason.", ["reason"]
 )
 REDIS_ERRORS = Counter("redis_errors_total", "Failed Redis calls, by error class.", ["error"])
+UNREPLICATED_WRITES = Counter(
+    "redis_unreplicated_revocations_total",
+    "Revoking writes no replica acknowledged in time (they live on the primary only).",
+)
 REDIS_MEMORY_RATIO = Gauge(
     "redis_memory_used_ratio",
     "Redis used memory / maxmemory, as last seen by a readiness check (0: no maxmemory).",

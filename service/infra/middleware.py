@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.infra import metrics
 from service.infra.context import RequestContext, close_context, open_context
+from service.infra.errors import raised_by_redis, storage_unavailable
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -168,12 +169,17 @@ class ObservabilityMiddleware:
         metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
-            logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
-            # Once the response has started, returning without finishing it makes the server
-            # close the connection: the client sees a broken response, not a false success.
-            if not started:
-                await _send_internal_error(send_with_headers, request_id)
+        except Exception as exc:
+            if raised_by_redis(exc):
+                if not started:
+                    await storage_unavailable(exc)(scope, receive, send_with_headers)
+            else:
+                logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
+                # Once the response has started, returning without finishing it makes the
+                # server close the connection: the client sees a broken response, not a
+                # false success.
+                if not started:
+                    await _send_internal_error(send_with_headers, request_id)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
             self._finish(scope, context, status, time.perf_counter() - start)
