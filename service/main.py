@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from authlib.oauth2.base import OAuth2Error
 from fastapi import FastAPI, Request, Response
 
+from service.api.docs import install_docs
 from service.api.oauth import oauth_error_response
 from service.api.routes import auth, meta, predict, sessions, users
 from service.infra import metrics
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             features=", ".join(manifest.feature_names),
         ),
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc from local files
+        redoc_url=None,
         # Tokens stay in the page's memory: persisting them to localStorage would hand them
         # to any script that ever runs on this origin, and outlive the tab.
         swagger_ui_parameters={"persistAuthorization": False},
@@ -100,8 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    install_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it sees (and labels, logs and heads) every answer.
-    docs = (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
-    app.add_middleware(ObservabilityMiddleware, csp_exempt_paths=[p for p in docs if p])
+    app.add_middleware(ObservabilityMiddleware)
     return app

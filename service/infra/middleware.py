@@ -97,8 +97,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
-# JSON answers need nothing from a browser. Swagger UI and ReDoc load scripts and styles
-# from a CDN, so their pages go without it.
+# JSON answers need nothing from a browser. An answer that brings its own policy keeps it
+# instead (the docs pages: service/api/docs.py); two policies would both be enforced.
 CONTENT_SECURITY_POLICY = (
     b"content-security-policy",
     b"default-src 'none'; frame-ancestors 'none'",
@@ -136,9 +136,8 @@ class ObservabilityMiddleware:
     every call, which this hot path does not need to pay.
     """
 
-    def __init__(self, app: ASGIApp, *, csp_exempt_paths: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.csp_exempt = frozenset(csp_exempt_paths)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,8 +148,6 @@ class ObservabilityMiddleware:
         request_id = _request_id(scope["headers"])
         context, token = open_context(request_id)
         extra_headers = [*SECURITY_HEADERS, (b"x-request-id", request_id.encode("ascii"))]
-        if scope["path"] not in self.csp_exempt:
-            extra_headers.append(CONTENT_SECURITY_POLICY)
         status = 500
         started = False
 
@@ -159,11 +156,10 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    *extra_headers,
-                    *_ratelimit_headers(context),
-                ]
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == CONTENT_SECURITY_POLICY[0] for name, _ in headers):
+                    headers.append(CONTENT_SECURITY_POLICY)
+                message["headers"] = [*headers, *extra_headers, *_ratelimit_headers(context)]
             await send(message)
 
         metrics.HTTP_IN_FLIGHT.inc()
