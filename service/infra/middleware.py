@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import orjson
 from prometheus_client import Counter, Histogram
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.infra import metrics
@@ -222,8 +223,9 @@ class ObservabilityMiddleware:
 
 def _route(scope: Scope) -> str:
     route = scope.get("route")
-    # The template as documented (`/users/{username}`), without convertors.
-    path = getattr(route, "path_format", None)
+    # A route's template as documented (`/users/{username}`, without convertors); a mount's
+    # prefix.
+    path = route.path_format if isinstance(route, Route) else getattr(route, "path", None)
     return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
 
 

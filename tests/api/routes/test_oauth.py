@@ -319,6 +319,19 @@ async def test_a_429_on_the_token_endpoint_is_temporarily_unavailable(
         assert body["error_description"] == f"too many requests: retry after {retry_after} s"
 
 
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_public": "1/minute"}])
+async def test_a_429_at_revocation_and_the_json_refresh_is_an_oauth_error_too(
+    client: httpx.AsyncClient,
+) -> None:
+    tokens = await login(client, ADMIN_USERNAME, ADMIN_PASSWORD)
+    assert (await client.post("/revoke", data={"token": "unknown"})).status_code == 200
+    revoke = await client.post("/revoke", data={"token": tokens["refresh_token"]})
+    refresh = await client.post("/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    for response in (revoke, refresh):
+        assert_oauth_error(response, 429, "temporarily_unavailable")
+        assert int(response.headers["retry-after"]) >= 1
+
+
 # Server metadata (RFC 8414).
 
 
