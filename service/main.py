@@ -22,7 +22,7 @@ from service.api.routes import auth, meta, predict, sessions, users
 from service.infra import metrics
 from service.infra.config import Settings, load_settings
 from service.infra.errors import install_error_handlers
-from service.infra.logs import configure_logging
+from service.infra.logs import configure_logging, defer_access_log
 from service.infra.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from service.ml.artifact import load_model
 from service.runtime import Runtime
@@ -41,6 +41,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime.open(app.state.settings, app.state.predictor)
     served = runtime.predictor.manifest
     app.state.runtime = runtime
+    flushing = asyncio.create_task(metrics.HOT_PATH.flush_periodically())
+    stop_access_log = defer_access_log()
     catching_up = None
     try:
         if not await runtime.prepare_storage():
@@ -56,6 +58,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        flushing.cancel()
+        metrics.HOT_PATH.flush()
+        stop_access_log()
         if catching_up is not None:
             catching_up.cancel()
         await runtime.close()
