@@ -100,12 +100,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = predictor
     install_error_handlers(app)
     app.add_exception_handler(OAuth2Error, _oauth_error)
+    # Routing tries routes in order: the prediction routes, the hot path, come first.
     for router in (
+        predict.build_router(manifest),
         meta.router,
         auth.router,
         users.router,
         sessions.router,
-        predict.build_router(manifest),
         metrics.router,
     ):
         app.include_router(router)
