@@ -14,6 +14,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
@@ -71,11 +72,11 @@ class Stack:
     url: str
     env: dict[str, str]
 
-    def compose(self, *args: str, timeout: float = 120) -> str:
+    def compose(self, *args: str, timeout: float = 120, **env: str) -> str:
         result = subprocess.run(
             ["docker", "compose", "-p", self.project, *args],
             cwd=ROOT,
-            env=self.env,
+            env=self.env | env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -138,3 +139,49 @@ def test_login_predict_logout_through_the_load_balancer(stack: Stack) -> None:
         if '"uri":"/users/me"' in line
     }
     assert len(upstreams) == 3, upstreams
+
+
+def _lb_upstreams(stack: Stack, marker: str) -> set[str]:
+    """The replica addresses nginx's JSON access log names for requests carrying `marker`."""
+    return {
+        json.loads(line.split("|", 1)[1])["upstream"]
+        for line in stack.compose("logs", "--no-color", "lb").splitlines()
+        if marker in line and "|" in line
+    }
+
+
+@pytest.mark.timeout(600)
+def test_scaling_as_documented_reaches_the_new_replica(stack: Stack) -> None:
+    """README's scale command, with 4 replicas: `API_REPLICAS=4 docker compose up -d --wait`
+    then `docker compose exec lb nginx -s reload`; nginx then spreads requests over all 4."""
+    replicas = "4"
+    started = time.monotonic()
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "300", timeout=420, API_REPLICAS=replicas)
+    scaled = time.monotonic()
+    ids = stack.compose("ps", "-q", "api", API_REPLICAS=replicas).split()
+    assert len(ids) == int(replicas), ids
+    # The documented command, as written (exit status 0), with -T for a terminal-less run.
+    stack.compose("exec", "-T", "lb", "nginx", "-s", "reload", API_REPLICAS=replicas)
+    reloaded = time.monotonic()
+
+    # Reload is asynchronous (the old workers finish their requests): ask until the access
+    # log shows every replica, each request marked so that only this test's lines count.
+    seen: set[str] = set()
+    rounds = 0
+    with httpx.Client(base_url=stack.url, timeout=10) as http:
+        while rounds < 60:
+            rounds += 1
+            marker = f"scale-{secrets.token_hex(4)}"
+            for _ in range(2 * int(replicas)):
+                assert http.get(f"/healthz?{marker}").status_code == 200
+            seen = _lb_upstreams(stack, marker)
+            if len(seen) == int(replicas):
+                break
+            time.sleep(0.5)
+    done = time.monotonic()
+    print(
+        f"scale to {replicas}: up --wait {scaled - started:.1f}s, nginx -s reload "
+        f"{reloaded - scaled:.1f}s, all {replicas} replicas in the lb log after "
+        f"{done - reloaded:.1f}s ({rounds} rounds)"
+    )
+    assert len(seen) == int(replicas), seen
