@@ -14,7 +14,8 @@ SPAWN_RATE ?= 10
 DURATION ?= 60s
 P99_BUDGET_MS ?= 250
 
-.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean
+.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean \
+	packages-run packages-test
 
 install: $(STAMP)
 
@@ -30,10 +31,19 @@ $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
 model: install
 	@test -f $(MODEL_DIR)/model.joblib || $(PY) -m service.ml.train --out $(MODEL_DIR)
 
-run: install model
+# System packages (apt-get, through sudo when not root; SYSTEM_PACKAGES=skip or dry-run):
+# redis-server (and python3-venv if `python3 -m venv` fails) for run; also nginx, wrk,
+# redis-sentinel, chromium and chromium-driver for test. .ci/run uses the same script.
+packages-run:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/system-packages.sh run
+
+packages-test:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/system-packages.sh test
+
+run: packages-run install model
 	$(PY) -m service.devserver
 
-test: install
+test: packages-test install
 	$(PY) -m pytest
 
 lint: install
