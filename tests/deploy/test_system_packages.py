@@ -74,9 +74,7 @@ def test_python3_venv_when_venv_cannot_work(tmp_path: Path) -> None:
         f'#!/bin/sh\n[ "$1 $2" = "-m venv" ] && exit 1\nexec {sys.executable} "$@"\n'
     )
     no_venv.chmod(0o755)
-    result = _run(
-        _bin(tmp_path, apt=True, python=str(no_venv)), "run", VENV=str(tmp_path / "none")
-    )
+    result = _run(_bin(tmp_path, apt=True, python=str(no_venv)), "run", VENV=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].endswith(": redis-server python3-venv")
 
