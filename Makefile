@@ -32,7 +32,7 @@ model: install
 	@test -f $(MODEL_DIR)/model.joblib || $(PY) -m service.ml.train --out $(MODEL_DIR)
 
 # System packages (apt-get, through sudo when not root; SYSTEM_PACKAGES=skip or dry-run):
-# redis-server (and python3-venv if `python3 -m venv` fails) for run; also nginx, wrk,
+# redis-server, curl (and python3-venv if `python3 -m venv` fails) for run; also nginx, wrk,
 # redis-sentinel, chromium and chromium-driver for test. .ci/run uses the same script.
 packages-run:
 	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/system-packages.sh run

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The system packages `make run` and `make test` need, installed with apt-get when missing.
 #
-#   deploy/system-packages.sh run    redis-server (and python3-venv if `python3 -m venv` fails)
+#   deploy/system-packages.sh run    redis-server, curl (the README's client), and python3-venv
+#                                    if `python3 -m venv` fails
 #   deploy/system-packages.sh test   the same, plus nginx, wrk, redis-sentinel, chromium and
 #                                    chromium-driver (the browser test skips without them)
 #
@@ -44,7 +45,7 @@ venv_works() {
 }
 
 # package:command pairs; a package is missing when its command is.
-wanted=(redis-server:redis-server)
+wanted=(redis-server:redis-server curl:curl)
 if [ "$mode" = test ]; then
   wanted+=(nginx:nginx wrk:wrk redis-sentinel:redis-sentinel chromium:chromium
            chromium-driver:chromedriver)

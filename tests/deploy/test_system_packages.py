@@ -49,9 +49,9 @@ def test_run_needs_redis_server_and_says_the_apt_command(tmp_path: Path) -> None
     result = _run(_bin(tmp_path, apt=True), "run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "make run: installing system packages: redis-server"
+    assert lines[0] == "make run: installing system packages: redis-server curl"
     assert "apt-get update -q" in lines[1]
-    assert lines[2].endswith("apt-get install -y -q --no-install-recommends redis-server")
+    assert lines[2].endswith("apt-get install -y -q --no-install-recommends redis-server curl")
     if os.getuid() == 0:
         assert lines[2].strip().startswith("env DEBIAN_FRONTEND=noninteractive apt-get")
 
@@ -59,7 +59,7 @@ def test_run_needs_redis_server_and_says_the_apt_command(tmp_path: Path) -> None
 def test_test_needs_the_servers_load_tools_and_browser(tmp_path: Path) -> None:
     result = _run(_bin(tmp_path, apt=True), "test")
     assert result.returncode == 0, result.stderr
-    wanted = {"redis-server", "wrk", "redis-sentinel", "chromium", "chromium-driver"}
+    wanted = {"redis-server", "curl", "wrk", "redis-sentinel", "chromium", "chromium-driver"}
     # nginx lives in /usr/sbin, which the script also searches: missing only if absent there.
     if not Path("/usr/sbin/nginx").exists() and not Path("/usr/local/sbin/nginx").exists():
         wanted.add("nginx")
@@ -76,7 +76,7 @@ def test_python3_venv_when_venv_cannot_work(tmp_path: Path) -> None:
     no_venv.chmod(0o755)
     result = _run(_bin(tmp_path, apt=True, python=str(no_venv)), "run", VENV=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].endswith(": redis-server python3-venv")
+    assert result.stdout.splitlines()[0].endswith(": redis-server curl python3-venv")
 
 
 def test_without_apt_a_missing_redis_server_is_one_line(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_without_apt_a_missing_redis_server_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("redis-server", "wrk", "redis-sentinel")),
+    not all(shutil.which(tool) for tool in ("redis-server", "curl")),
     reason="this machine lacks some of the packages",
 )
 def test_nothing_missing_is_silent() -> None:
