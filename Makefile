@@ -20,7 +20,8 @@ P99_BUDGET_MS ?= 250
 install: $(STAMP)
 
 $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv without pip is what `python3 -m venv` leaves when ensurepip is missing: remake it.
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	@# uv itself, checked against its hashes in the dev lock (which also pins its version).
 	@$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
 		-r <(sed -n '/^uv==/,/^    #/p' requirements-dev.lock | grep -v '^    #')

@@ -34,9 +34,10 @@ venv=${VENV:-.venv}
 have() { PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v "$1" >/dev/null 2>&1; }
 
 # `python3 -m venv` fails on Debian/Ubuntu without python3-venv (no ensurepip): try it for
-# real, in a throwaway directory, unless the project's venv already works.
+# real, in a throwaway directory, unless the project's venv already works (has pip: a venv
+# made without ensurepip is left half-made, without it).
 venv_works() {
-  [ -x "$venv/bin/python" ] && "$venv/bin/python" -c '' 2>/dev/null && return 0
+  "$venv/bin/python" -m pip --version >/dev/null 2>&1 && return 0
   local dir status
   dir=$(mktemp -d)
   "$python" -m venv "$dir/venv" >/dev/null 2>&1 && status=0 || status=1
@@ -99,7 +100,9 @@ echo "  ${install[*]}"
 # say so, rather than failing the whole step for a test that skips without it.
 installable=()
 for package in "${missing[@]}"; do
-  if apt-cache policy "$package" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+  # Read whole: `| grep -q` would close the pipe early, and pipefail count it a failure.
+  policy=$(apt-cache policy "$package" 2>/dev/null || true)
+  if [[ $policy == *"Candidate: "* && $policy != *"Candidate: (none)"* ]]; then
     installable+=("$package")
   else
     echo "  $package: no installable candidate from apt here; left out" >&2
