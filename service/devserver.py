@@ -282,7 +282,26 @@ def port_holder(host: str, port: int) -> str | None:
         else:
             return None
     pids = _listening_pids(port)
-    return ", ".join(_describe(pid) for pid in pids) if pids else "another process"
+    if not pids:
+        return "another process"
+    # A pre-forking server's workers share its socket: name the processes whose parent
+    # does not hold it too (gunicorn's master), and count the others.
+    roots = [pid for pid in pids if _parent(pid) not in pids] or pids
+    text = ", ".join(_describe(pid) for pid in roots)
+    if children := len(pids) - len(roots):
+        text += f" and {children} child process{'es' if children > 1 else ''}"
+    return text
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
 
 
 def data_dir_user(data_dir: Path) -> str | None:

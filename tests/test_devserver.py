@@ -27,6 +27,7 @@ from service.devserver import (
     REDIS_RECORD,
     bind_address,
     ensure_env_value,
+    port_holder,
     redis_acl,
     redis_config,
     redis_maxmemory,
@@ -250,6 +251,34 @@ def test_no_serving_on_when_the_server_never_serves(tmp_path: Path, model_dir: P
     assert "started redis-server" in text
     assert "gunicorn exited with status" in text
     assert "stopped redis-server" in text
+
+
+def test_a_busy_port_names_the_master_of_a_preforking_server(tmp_path: Path) -> None:
+    """Workers that share their parent's listening socket are counted, not listed."""
+    port = free_port()
+    code = (
+        "import os, socket, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+        "pids = [os.fork() for _ in range(2)]\n"  # 3 processes: a parent, a child, a grandchild
+        "print('ready', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(port)], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        while seen.count(b"ready") < 4:  # each of the 4 processes says so once it exists
+            chunk = os.read(proc.stdout.fileno(), 64)
+            assert chunk, seen
+            seen += chunk
+        holder = port_holder("127.0.0.1", port)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the processes it forked
+        proc.wait()
+    assert holder is not None
+    assert holder.startswith(f"pid {proc.pid} (")
+    assert holder.endswith(" and 3 child processes")
 
 
 def test_a_busy_port_is_refused_early_naming_its_holder(tmp_path: Path, model_dir: Path) -> None:
