@@ -44,8 +44,15 @@ def _engine_problem() -> str | None:
     return None
 
 
+# The edge network's /24 comes from here: outside Docker's default address pools
+# (172.17.0.0/16-172.31.0.0/16, 192.168.0.0/16), from which the engine gives the `backend`
+# network, created first, a whole /16. A /24 of 172.28.0.0/16 collided with it ("Pool
+# overlaps") once other projects on the same engine had moved its allocator along.
+EDGE_RANGE = IPv4Network("10.228.0.0/16")
+
+
 def _free_subnet() -> IPv4Network:
-    """A /24 in 172.28.0.0/16 that no Docker network on this engine uses yet."""
+    """A /24 of EDGE_RANGE that no Docker network on this engine uses yet."""
     ids = subprocess.run(
         ["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -58,12 +65,12 @@ def _free_subnet() -> IPv4Network:
         for config in (network.get("IPAM") or {}).get("Config") or []
         if "Subnet" in config
     ]
-    candidates = [IPv4Network(f"172.28.{n}.0/24") for n in range(16, 255)]
+    candidates = list(EDGE_RANGE.subnets(new_prefix=24))
     random.shuffle(candidates)
     for subnet in candidates:
         if not any(subnet.overlaps(other) for other in used):
             return subnet
-    raise RuntimeError("no free /24 left in 172.28.0.0/16")
+    raise RuntimeError(f"no free /24 left in {EDGE_RANGE}")
 
 
 @dataclass(frozen=True)
