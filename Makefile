@@ -14,12 +14,14 @@ SPAWN_RATE ?= 10
 DURATION ?= 60s
 P99_BUDGET_MS ?= 250
 
-.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean
+.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean \
+	packages-run packages-test
 
 install: $(STAMP)
 
 $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# A venv without pip is what `python3 -m venv` leaves when ensurepip is missing: remake it.
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	@# uv itself, checked against its hashes in the dev lock (which also pins its version).
 	@$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
 		-r <(sed -n '/^uv==/,/^    #/p' requirements-dev.lock | grep -v '^    #')
@@ -30,10 +32,19 @@ $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
 model: install
 	@test -f $(MODEL_DIR)/model.joblib || $(PY) -m service.ml.train --out $(MODEL_DIR)
 
-run: install model
+# System packages (apt-get, through sudo when not root; SYSTEM_PACKAGES=skip or dry-run):
+# redis-server, curl (and python3-venv if `python3 -m venv` fails) for run; also nginx, wrk,
+# redis-sentinel, chromium and chromium-driver for test. .ci/run uses the same script.
+packages-run:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/system-packages.sh run
+
+packages-test:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/system-packages.sh test
+
+run: packages-run install model
 	$(PY) -m service.devserver
 
-test: install
+test: packages-test install
 	$(PY) -m pytest
 
 lint: install

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from service.cli import RecordedRedis, recorded_redis
 from service.devserver import (
     REDIS_API_USER,
     ensure_env_file,
@@ -38,6 +39,7 @@ from service.devserver import (
     redis_config,
     redis_maxmemory,
     write_private,
+    write_redis_record,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,11 @@ class Layout:
     @property
     def redis_dir(self) -> Path:
         return self.dir / "redis"
+
+    @property
+    def redis_record(self) -> Path:
+        """Where `python -m service` finds this Redis (as make run's var/redis/client.env)."""
+        return self.redis_dir / "client.env"
 
     @property
     def redis_password(self) -> Path:
@@ -218,6 +225,24 @@ def _redis_conf(layout: Layout, port: int, maxmemory: str) -> None:
             pidfile=layout.redis_dir / "redis.pid",
         ),
     )
+    write_redis_record(
+        layout.redis_record,
+        f"redis://{REDIS_API_USER}@127.0.0.1:{port}/0",
+        REDIS_PASSWORD_FILE=str(layout.redis_password),
+    )
+
+
+def make_run_redis(env_file: Path) -> RecordedRedis | None:
+    """The Redis that a running `make run` started next to `env_file` (its `.env`), when
+    REDIS_URL is set neither in the environment nor in that file: the cluster then shares it
+    (and the file's REDIS_PASSWORD) instead of starting its own, as `python -m service`
+    would find it."""
+    if "REDIS_URL" in os.environ or "REDIS_URL" in dotenv_values(env_file):
+        return None
+    for found in recorded_redis(env_file.parent):
+        if found.owner == "make run" and found.pid is not None:
+            return found
+    return None
 
 
 def _procfile(layout: Layout, port: int, api_ports: list[int], redis_port: int | None) -> str:
@@ -293,7 +318,11 @@ def up(args: argparse.Namespace) -> int:
     if (pid := _running_honcho(layout)) is not None:
         print(f"cluster already running (honcho pid {pid}) on http://127.0.0.1:{args.port}")
         return 0
-    external_redis = "REDIS_URL" in os.environ
+    env_file = Path(args.env_file).resolve()
+    shared = make_run_redis(env_file)
+    external_redis = (
+        shared is not None or "REDIS_URL" in os.environ or "REDIS_URL" in dotenv_values(env_file)
+    )
     wanted = [args.port, *api_ports] + ([] if external_redis else [args.redis_port])
     busy = [p for p in wanted if _port_in_use(p)]
     if busy or len(set(wanted)) != len(wanted):
@@ -304,10 +333,11 @@ def up(args: argparse.Namespace) -> int:
         )
 
     layout.dir.mkdir(parents=True, exist_ok=True)
-    env_file = Path(args.env_file).resolve()
     if ensure_env_file(env_file):
         print(f"wrote {env_file} (mode 600) with a random JWT secret and admin password")
     env = _app_env(env_file)
+    if shared is not None:
+        env["REDIS_URL"] = shared.url
     # The instances run in the cluster directory: a relative MODEL_DIR means the repository's.
     env["MODEL_DIR"] = str(ROOT / env.get("MODEL_DIR", "var/model"))
     env["PYTHONUNBUFFERED"] = "1"
@@ -351,7 +381,10 @@ def up(args: argparse.Namespace) -> int:
         down(args)
         return 1
     redis_url = (
-        env["REDIS_URL"]
+        f"{shared.url} (make run's redis-server, pid {shared.pid}, recorded in "
+        f"{shared.record}; stopping make run stops it)"
+        if shared is not None
+        else env["REDIS_URL"]
         if external_redis
         else f"{env['REDIS_URL']} (password in {layout.redis_password}; AOF in "
         f"{layout.redis_dir}; maxmemory {maxmemory}, noeviction)"
@@ -419,8 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the Compose topology as local processes (make cluster / cluster-down).",
         epilog="Every option also reads the environment variable named in its help. "
-        "Set REDIS_URL to use an existing Redis instead of starting one; REDIS_MAXMEMORY "
-        "caps the memory of the one it starts (default 256mb, never evicted).",
+        "Set REDIS_URL to use an existing Redis instead of starting one (a running `make "
+        "run`'s Redis, recorded in var/redis/client.env, is used when REDIS_URL is set "
+        "neither in the environment nor in --env-file); REDIS_MAXMEMORY caps the memory of "
+        "the one it starts (default 256mb, never evicted).",
     )
     parser.add_argument("command", choices=("up", "down"))
     add = parser.add_argument

@@ -5,6 +5,11 @@ Subcommands: add, list, disable, enable, delete, set-password, revoke-tokens.
 Passwords come from an interactive prompt, or from standard input when it is not a
 terminal (`printf '%s\\n' "$PW" | python -m service users add bob`); never from argv, where
 other users of the machine could read them in the process list.
+
+Which Redis: REDIS_URL from the environment, else from `.env`, else the Redis that `make run`
+or `make cluster` started here and recorded (REDIS_RECORDS), while it runs. A recorded Redis
+that no longer runs is an error rather than a silent fall-back to the default URL; the
+Redis used is named on stderr unless REDIS_URL came from the environment.
 """
 
 from __future__ import annotations
@@ -12,13 +17,124 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
+import subprocess  # nosec B404 - `ps` only where there is no /proc, fixed arguments
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
 
 from service.auth.users import AdminChangeRefused
 from service.infra.config import Settings, load_settings
 from service.rules.accounts import check_password, check_scopes, normalize_username
 from service.runtime import Runtime
+
+# Where the runners that start a Redis record it (service/devserver.py REDIS_RECORD for
+# `make run`; deploy/cluster.py for `make cluster`), relative to the working directory like
+# `.env`; each is dotenv text with REDIS_URL (and REDIS_PASSWORD_FILE when its password is not
+# `.env`'s REDIS_PASSWORD), next to the pidfile of that redis-server.
+REDIS_RECORDS = (
+    ("make run", Path("var/redis/client.env")),
+    ("make cluster", Path("var/cluster/redis/client.env")),
+)
+
+
+@dataclass(frozen=True)
+class RecordedRedis:
+    """A Redis a runner recorded, and the pid of that redis-server if it still runs."""
+
+    owner: str
+    record: Path
+    values: dict[str, str]
+    pid: int | None
+
+    @property
+    def url(self) -> str:
+        return self.values.get("REDIS_URL", "")
+
+
+def _running_redis(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except FileNotFoundError:  # no /proc: macOS
+        ps = ["ps", "-o", "command=", "-p", str(pid)]
+        command = subprocess.run(ps, capture_output=True, text=True, check=False).stdout  # noqa: S603  # nosec B603
+    except OSError:
+        return None
+    return pid if "redis" in command else None
+
+
+def recorded_redis(root: Path = Path()) -> list[RecordedRedis]:
+    """The Redis servers recorded under `root` by `make run` and `make cluster`."""
+    found = []
+    for owner, relative in REDIS_RECORDS:
+        record = root / relative
+        if not record.is_file():
+            continue
+        values = {k: v for k, v in dotenv_values(record).items() if v}
+        if "REDIS_URL" in values:
+            pid = _running_redis(record.with_name("redis.pid"))
+            found.append(RecordedRedis(owner, record, values, pid))
+    return found
+
+
+def shown_url(url: str) -> str:
+    """`url` with any password in it masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def choose_redis(environ: Mapping[str, str], env_file: Path = Path(".env")) -> dict[str, str]:
+    """Variables to add to the environment so that the settings name the Redis to use, and
+    say which on stderr; exits when the Redis recorded here no longer runs."""
+    if "REDIS_URL" in environ:
+        return {}
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    if "REDIS_URL" in from_file:
+        print(
+            f"redis: {shown_url(from_file['REDIS_URL'])} (REDIS_URL in {env_file})", file=sys.stderr
+        )
+        return {}
+    records = recorded_redis(env_file.parent)
+    running = [r for r in records if r.pid is not None]
+    if running:
+        chosen = running[0]
+        extra = {"REDIS_URL": chosen.url}
+        password_file = chosen.values.get("REDIS_PASSWORD_FILE")
+        if password_file and not {"REDIS_PASSWORD", "REDIS_PASSWORD_FILE"} & environ.keys():
+            extra["REDIS_PASSWORD_FILE"] = password_file
+        others = "".join(f"; {r.owner}'s runs too, at {r.url}" for r in running[1:])
+        print(
+            f"redis: {chosen.url} ({chosen.owner}'s redis-server, pid {chosen.pid}, recorded in "
+            f"{chosen.record}{others}; set REDIS_URL to use another)",
+            file=sys.stderr,
+        )
+        return extra
+    if records:
+        stale = records[0]
+        raise SystemExit(
+            f"error: the Redis {stale.owner} started ({stale.url}, recorded in {stale.record}) "
+            f"is not running: start `{stale.owner}` again, or set REDIS_URL to the Redis to use"
+        )
+    default = str(Settings.model_fields["redis_url"].default)
+    print(
+        f"redis: {default} (the default: REDIS_URL is set neither in the environment nor in "
+        f"{env_file}, and no Redis started by `make run` or `make cluster` is recorded here)",
+        file=sys.stderr,
+    )
+    return {}
 
 
 def _read_password(username: str) -> str:
@@ -100,6 +216,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.update(choose_redis(os.environ))
     try:
         return asyncio.run(_run(args, load_settings()))
     except ValueError as exc:

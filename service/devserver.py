@@ -5,6 +5,12 @@ redis-server (data, configuration and ACL under var/redis; its password, REDIS_P
 added to `.env`) unless REDIS_URL is set, then serves with gunicorn on 127.0.0.1:8000.
 Ctrl-C stops everything it started.
 
+Before it starts anything it checks the configuration (the app's own one-line message) and
+refuses, naming the process, when BIND's port or var/redis is already in use (a second
+`make run`). The URL of the Redis it starts is recorded in var/redis/client.env, so `python
+-m service users ...` and `make cluster` use that Redis when REDIS_URL is not set. It says
+"serving on" once the server answers /readyz, not before.
+
 The posture of every Redis the project starts as a local process (`make run` here, `make
 cluster` in deploy/cluster.py) is defined here, once: its users (REDIS_DEFAULT_USER and
 REDIS_ACL_RULES, written by `redis_acl`) and its configuration (`redis_config`: AOF, memory
@@ -14,6 +20,7 @@ cap, noeviction). Compose and Kubernetes generate the same ACL from the same rul
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -24,14 +31,26 @@ import socket
 import subprocess  # nosec B404 - starts redis-server and gunicorn, fixed arguments
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from service.infra.config import load_settings
+
 ENV_FILE = Path(".env")
 DATA_DIR = Path("var/redis")
+# What a client needs to reach the Redis `make run` started (dotenv syntax, no secret): read
+# by `python -m service` (service/cli.py, REDIS_RECORDS) and `make cluster` when REDIS_URL is
+# set neither in the environment nor in `.env`. Written once that Redis answers; kept after
+# it stops, so that a client finds it not running rather than silently using another one.
+REDIS_RECORD = DATA_DIR / "client.env"
+REDIS_PIDFILE = DATA_DIR / "redis.pid"
+# How long `make run` waits for the server to answer /readyz before it says so.
+READY_TIMEOUT = 120.0
 GUNICORN_CONF = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
 
 # The Redis user the API connects as (REDIS_URL redis://api@host:port/0, its password in
@@ -175,35 +194,233 @@ def _free_port() -> int:
         return port
 
 
-def start_redis(password: str, maxmemory: str) -> tuple[subprocess.Popen[bytes], str]:
-    """redis-server on 127.0.0.1 with the project's ACL and configuration (both files mode
-    600 under var/redis; no secret on its command line); returns it and the API's URL."""
+def _cmdline(pid: int) -> str:
+    """The command line of `pid` ("" when it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    except FileNotFoundError:  # no /proc (macOS), or no such process
+        ps = ["ps", "-o", "command=", "-p", str(pid)]
+        try:
+            done = subprocess.run(ps, capture_output=True, text=True, check=False)  # noqa: S603  # nosec B603
+        except OSError:
+            return ""
+        return done.stdout.strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(pid: int) -> str:
+    command = _cmdline(pid)
+    return f"pid {pid}" + (f" ({command})" if command else "")
+
+
+def _listening_pids(port: int) -> list[int]:
+    """The processes with a listening TCP socket on `port` (Linux; those this user may see)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 9.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    if inodes:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+def bind_address(bind: str) -> tuple[str, int] | None:
+    """(host, port) of a gunicorn BIND such as 127.0.0.1:8000 or [::1]:8000; None for a unix
+    socket or an address without a port."""
+    if bind.startswith(("unix:", "fd://")) or ":" not in bind:
+        return None
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104  # nosec B104 - only parsed, never bound
+    try:
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None when `host:port` can be bound (as gunicorn binds it, SO_REUSEADDR); otherwise what
+    holds it: "pid N (command)" when this user can tell, else "another process"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None  # not ours to judge (a foreign address...): gunicorn will say
+        else:
+            return None
+    pids = _listening_pids(port)
+    if not pids:
+        return "another process"
+    # A pre-forking server's workers share its socket: name the processes whose parent
+    # does not hold it too (gunicorn's master), and count the others.
+    roots = [pid for pid in pids if _parent(pid) not in pids] or pids
+    text = ", ".join(_describe(pid) for pid in roots)
+    if children := len(pids) - len(roots):
+        text += f" and {children} child process{'es' if children > 1 else ''}"
+    return text
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
+
+
+def data_dir_user(data_dir: Path) -> str | None:
+    """A running redis-server that uses `data_dir` (its pidfile there names a live redis, or,
+    on Linux, a redis-server works in that directory), as "pid N (command)"; else None."""
+    try:
+        pid = int((data_dir / REDIS_PIDFILE.name).read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid > 0 and _pid_alive(pid) and "redis" in _cmdline(pid):
+        return _describe(pid)
+    wanted = data_dir.resolve()
+    for proc in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() == "redis-server" and (
+                Path(os.readlink(proc / "cwd")) == wanted
+            ):
+                return _describe(int(proc.name))
+        except OSError:
+            continue
+    return None
+
+
+def redis_port(env: Mapping[str, str]) -> int:
+    """RUN_REDIS_PORT, else 6379 when it is free, else any free port."""
+    if value := env.get("RUN_REDIS_PORT", "").strip():
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ValueError(f"RUN_REDIS_PORT={value!r}: expected a port number")
+        return int(value)
+    return 6379 if _port_free(6379) else _free_port()
+
+
+def write_redis_record(record: Path, url: str, **extra: str) -> None:
+    """Record where the Redis a runner started listens (see REDIS_RECORD): no secret."""
+    lines = [
+        "# Written by the runner that started this Redis (`make run`, `make cluster`).",
+        "# Read by `python -m service` and `make cluster` when REDIS_URL is not set.",
+        f"REDIS_URL={url}",
+        *(f"{name}={value}" for name, value in extra.items()),
+    ]
+    write_private(record, "\n".join(lines) + "\n")
+
+
+def start_redis(password: str, maxmemory: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """redis-server on 127.0.0.1:`port` with the project's ACL and configuration (both files
+    mode 600 under var/redis; no secret on its command line); returns it and the API's URL,
+    which it records in REDIS_RECORD once Redis answers."""
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit(
             "redis-server not found: `sudo apt-get install redis-server` (Debian/Ubuntu), "
             "`brew install redis` (macOS), or set REDIS_URL, or use `docker compose up`"
         )
-    port = 6379 if _port_free(6379) else _free_port()
     data_dir = DATA_DIR.resolve()
     acl_file = data_dir / "users.acl"
     conf = data_dir / "redis.conf"
     write_private(acl_file, redis_acl({REDIS_API_USER: password}))
     write_private(
         conf,
-        redis_config(port=port, data_dir=data_dir, acl_file=acl_file, maxmemory=maxmemory),
+        redis_config(
+            port=port,
+            data_dir=data_dir,
+            acl_file=acl_file,
+            maxmemory=maxmemory,
+            pidfile=data_dir / REDIS_PIDFILE.name,
+        ),
     )
     proc = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
         [binary, str(conf)], stdout=subprocess.DEVNULL
     )
+    url = f"redis://{REDIS_API_USER}@127.0.0.1:{port}/0"
     for _ in range(100):
         if not _port_free(port):
-            return proc, f"redis://{REDIS_API_USER}@127.0.0.1:{port}/0"
+            write_redis_record(data_dir / REDIS_RECORD.name, url)
+            return proc, url
         if proc.poll() is not None:
             break
         time.sleep(0.05)
     proc.terminate()
+    proc.wait()
     sys.exit("redis-server did not start; see its output above")
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  # nosec B310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def wait_serving(server: subprocess.Popen[bytes], base: str, timeout: float) -> bool:
+    """Wait until `base`/readyz answers 200; False if the server exits first or not in time
+    (then it says what it saw)."""
+    deadline = time.monotonic() + timeout
+    last = 0
+    while server.poll() is None:
+        last = _status(f"{base}/readyz")
+        if last == 200:
+            return True
+        if time.monotonic() > deadline:
+            seen = f"GET /readyz answers {last}" if last else "nothing answers"
+            print(f"not ready after {timeout:.0f}s at {base} ({seen}); still waiting")
+            deadline = float("inf")
+        time.sleep(0.2)
+    return False
+
+
+def _client_base(bind: str) -> str:
+    address = bind_address(bind)
+    if address is None:
+        return f"http://{bind}"
+    host, port = address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104  # nosec B104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def main() -> None:
@@ -211,10 +428,11 @@ def main() -> None:
         print(f"wrote {ENV_FILE.resolve()} (mode 600) with a random JWT secret and admin password")
     file_env = {k: v for k, v in dotenv_values(ENV_FILE).items() if v is not None}
     env = {**file_env, **os.environ}
-    redis_proc = None
+    own_redis: tuple[str, str, int] | None = None  # password, maxmemory, port
     if "REDIS_URL" not in env:
         try:
             maxmemory = redis_maxmemory(env)
+            port = redis_port(env)
         except ValueError as exc:
             sys.exit(str(exc))
         password = _app_redis_password(file_env)
@@ -225,33 +443,69 @@ def main() -> None:
             print(f"added REDIS_PASSWORD (its Redis's `api` user) to {ENV_FILE.resolve()}")
         if not password:
             sys.exit("REDIS_PASSWORD is empty: remove it (a random one is generated) or set one")
-        redis_proc, env["REDIS_URL"] = start_redis(password, maxmemory)
-        print(
-            f"started redis-server (pid {redis_proc.pid}) at {env['REDIS_URL']} (password "
-            f"REDIS_PASSWORD; maxmemory {maxmemory}, noeviction), data in var/redis"
-        )
+        env["REDIS_URL"] = f"redis://{REDIS_API_USER}@127.0.0.1:{port}/0"
+        own_redis = (password, maxmemory, port)
     elif "REDIS_PASSWORD" in file_env and urlsplit(env["REDIS_URL"]).username is None:
         # Written there by an earlier run that started its own Redis.
         print(
             f"note: REDIS_PASSWORD from {ENV_FILE} is sent to REDIS_URL too; remove it there "
             "if that Redis needs none"
         )
-    print(
-        f"serving on http://{env.get('BIND', '127.0.0.1:8000')} - log in as "
-        f"{env.get('ADMIN_USERNAME', '(no admin)')} with ADMIN_PASSWORD from {ENV_FILE.resolve()}"
-    )
-    server = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
-        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.main:create_app()"],
-        env=env,
-    )
 
-    def stop(signum: int, _frame: object) -> None:
-        server.send_signal(signal.SIGTERM)
-
-    # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # The configuration gunicorn will see, checked by the app itself (one line on error),
+    # before anything starts.
+    os.environ.update(env)
+    bind = load_settings().bind
+    address = bind_address(bind)
+    if address is not None and (holder := port_holder(*address)) is not None:
+        sys.exit(
+            f"{bind} is already in use by {holder}: stop it (another `make run`?), or serve "
+            "elsewhere with BIND=127.0.0.1:PORT"
+        )
+    redis_proc = None
+    if own_redis is not None:
+        password, maxmemory, port = own_redis
+        if (user := data_dir_user(DATA_DIR)) is not None:
+            sys.exit(
+                f"{DATA_DIR.resolve()} is already in use by redis-server {user}: another "
+                "`make run` is running here; stop it first (Ctrl-C in its terminal)"
+            )
+        if not _port_free(port):
+            sys.exit(f"RUN_REDIS_PORT={port} is already in use: choose another or unset it")
+        redis_proc, env["REDIS_URL"] = start_redis(password, maxmemory, port)
+        print(
+            f"started redis-server (pid {redis_proc.pid}) at {env['REDIS_URL']} (password "
+            f"REDIS_PASSWORD; maxmemory {maxmemory}, noeviction), data in var/redis; "
+            f"recorded in {REDIS_RECORD} for `python -m service` and `make cluster`"
+        )
     try:
+        server = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(GUNICORN_CONF),
+                "service.main:create_app()",
+            ],
+            env=env,
+        )
+
+        def stop(signum: int, _frame: object) -> None:
+            server.send_signal(signal.SIGTERM)
+
+        # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        base = _client_base(bind)
+        if wait_serving(server, base, READY_TIMEOUT):
+            print(
+                f"serving on {base} - log in as {env.get('ADMIN_USERNAME', '(no admin)')} "
+                f"with ADMIN_PASSWORD from {ENV_FILE.resolve()}",
+                flush=True,
+            )
+        elif server.wait() > 0:
+            print(f"gunicorn exited with status {server.returncode} before serving (see above)")
         server.wait()
     finally:
         if redis_proc is not None:

@@ -5,7 +5,9 @@ port and stops it afterwards, whatever happens (failure, Ctrl-C, SIGTERM). Creat
 predict account per virtual user through the admin API (admin credentials from
 ADMIN_USERNAME / ADMIN_PASSWORD[_FILE] in the environment, else from --env-file, the `.env`
 that `make run` and `make cluster` use) and deletes them afterwards. Writes
-reports/loadtest.html (charts), reports/loadtest_*.csv and reports/loadtest.json.
+reports/loadtest.html (charts), reports/loadtest_*.csv, locust's final statistics
+(reports/loadtest_stats.json: not printed, the summary table below has them) and
+reports/loadtest.json. Prints one table.
 
 Exit status: non-zero on any 5xx, any failed journey check, an API p99 above
 --p99-budget-ms, a login p99 above --login-p99-budget-ms, or when the run itself failed.
@@ -170,6 +172,9 @@ def run_locust(
            "--host", args.url, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
            "--run-time", f"{args.duration}s", "--stop-timeout", "5",
            "--html", str(out / "loadtest.html"), "--csv", str(out / "loadtest"),
+           # Locust's final tables would print the numbers print_summary prints once more:
+           # with --json-file it writes them to a file instead (loadtest_stats.json).
+           "--json-file", str(out / "loadtest_stats"),  # locust adds .json
            "--only-summary", "--loglevel", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
     try:
@@ -218,7 +223,7 @@ def print_summary(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"(budget {args.login_p99_budget_ms})"
     )
     expected = sum(summary["expected_429"].values())
-    print(f"429 (expected, not failures): {expected} {summary['expected_429'] or ''}")
+    print(f"429 (expected, not failures): {expected} {summary['expected_429'] or ''}".rstrip())
     print(f"journeys: {summary['journeys']}")
     for sample in summary["failure_samples"]:
         print(f"  failure: {sample}")
@@ -308,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["verdict"] = reasons or ["pass"]
         summary_file.write_text(json.dumps(summary, indent=2) + "\n")
         print_summary(summary, args)
-        print(f"reports: {args.out / 'loadtest.html'}, {args.out}/loadtest_*.csv, {summary_file}")
+        print(
+            f"reports: {args.out / 'loadtest.html'}, {args.out}/loadtest_*.csv, "
+            f"{args.out / 'loadtest_stats.json'}, {summary_file}"
+        )
         if reasons:
             print("LOADTEST FAILED: " + "; ".join(reasons))
             return 1

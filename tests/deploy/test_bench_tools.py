@@ -134,6 +134,12 @@ def test_loadtest_runner_short_run(tmp_path: Path, server: GunicornProcess) -> N
     assert summary["endpoints"]["GET /users/me (logged-out token)"]["requests"] >= 2
     assert "<html" in (out / "loadtest.html").read_text().lower()
     assert (out / "loadtest_stats.csv").exists()
+    # One table: run.py's own; locust's final statistics go to a file, not the terminal.
+    printed = done.stdout + done.stderr
+    assert printed.count("\nendpoint ") == 1, printed  # run.py's table header
+    assert "Aggregated" not in printed  # locust's request table
+    assert "Response time percentiles" not in printed  # and its percentile table
+    assert json.loads((out / "loadtest_stats.json").read_text())
 
     token = httpx.post(
         server.url + "/token",

@@ -14,6 +14,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
@@ -43,8 +44,15 @@ def _engine_problem() -> str | None:
     return None
 
 
+# The edge network's /24 comes from here: outside Docker's default address pools
+# (172.17.0.0/16-172.31.0.0/16, 192.168.0.0/16), from which the engine gives the `backend`
+# network, created first, a whole /16. A /24 of 172.28.0.0/16 collided with it ("Pool
+# overlaps") once other projects on the same engine had moved its allocator along.
+EDGE_RANGE = IPv4Network("10.228.0.0/16")
+
+
 def _free_subnet() -> IPv4Network:
-    """A /24 in 172.28.0.0/16 that no Docker network on this engine uses yet."""
+    """A /24 of EDGE_RANGE that no Docker network on this engine uses yet."""
     ids = subprocess.run(
         ["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -57,12 +65,12 @@ def _free_subnet() -> IPv4Network:
         for config in (network.get("IPAM") or {}).get("Config") or []
         if "Subnet" in config
     ]
-    candidates = [IPv4Network(f"172.28.{n}.0/24") for n in range(16, 255)]
+    candidates = list(EDGE_RANGE.subnets(new_prefix=24))
     random.shuffle(candidates)
     for subnet in candidates:
         if not any(subnet.overlaps(other) for other in used):
             return subnet
-    raise RuntimeError("no free /24 left in 172.28.0.0/16")
+    raise RuntimeError(f"no free /24 left in {EDGE_RANGE}")
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,11 @@ class Stack:
     url: str
     env: dict[str, str]
 
-    def compose(self, *args: str, timeout: float = 120) -> str:
+    def compose(self, *args: str, timeout: float = 120, **env: str) -> str:
         result = subprocess.run(
             ["docker", "compose", "-p", self.project, *args],
             cwd=ROOT,
-            env=self.env,
+            env=self.env | env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -138,3 +146,49 @@ def test_login_predict_logout_through_the_load_balancer(stack: Stack) -> None:
         if '"uri":"/users/me"' in line
     }
     assert len(upstreams) == 3, upstreams
+
+
+def _lb_upstreams(stack: Stack, marker: str) -> set[str]:
+    """The replica addresses nginx's JSON access log names for requests carrying `marker`."""
+    return {
+        json.loads(line.split("|", 1)[1])["upstream"]
+        for line in stack.compose("logs", "--no-color", "lb").splitlines()
+        if marker in line and "|" in line
+    }
+
+
+@pytest.mark.timeout(600)
+def test_scaling_as_documented_reaches_the_new_replica(stack: Stack) -> None:
+    """README's scale command, with 4 replicas: `API_REPLICAS=4 docker compose up -d --wait`
+    then `docker compose exec lb nginx -s reload`; nginx then spreads requests over all 4."""
+    replicas = "4"
+    started = time.monotonic()
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "300", timeout=420, API_REPLICAS=replicas)
+    scaled = time.monotonic()
+    ids = stack.compose("ps", "-q", "api", API_REPLICAS=replicas).split()
+    assert len(ids) == int(replicas), ids
+    # The documented command, as written (exit status 0), with -T for a terminal-less run.
+    stack.compose("exec", "-T", "lb", "nginx", "-s", "reload", API_REPLICAS=replicas)
+    reloaded = time.monotonic()
+
+    # Reload is asynchronous (the old workers finish their requests): ask until the access
+    # log shows every replica, each request marked so that only this test's lines count.
+    seen: set[str] = set()
+    rounds = 0
+    with httpx.Client(base_url=stack.url, timeout=10) as http:
+        while rounds < 60:
+            rounds += 1
+            marker = f"scale-{secrets.token_hex(4)}"
+            for _ in range(2 * int(replicas)):
+                assert http.get(f"/healthz?{marker}").status_code == 200
+            seen = _lb_upstreams(stack, marker)
+            if len(seen) == int(replicas):
+                break
+            time.sleep(0.5)
+    done = time.monotonic()
+    print(
+        f"scale to {replicas}: up --wait {scaled - started:.1f}s, nginx -s reload "
+        f"{reloaded - scaled:.1f}s, all {replicas} replicas in the lb log after "
+        f"{done - reloaded:.1f}s ({rounds} rounds)"
+    )
+    assert len(seen) == int(replicas), seen
