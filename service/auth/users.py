@@ -100,12 +100,11 @@ class UserStore:
             name: str | None = normalize_username(username)
         except ValueError:
             name = None
-        if len(password) > MAX_PASSWORD_LENGTH:
-            # No account has such a password: check an empty one instead, at the same cost,
-            # rather than hash kilobytes (or trip the hasher's own size limit).
-            password = ""
+        # No account has an over-long password: check an empty one instead, at the same cost,
+        # rather than hash kilobytes (or trip the hasher's own size limit).
+        candidate = password if len(password) <= MAX_PASSWORD_LENGTH else ""
         user = await self.get(name) if name else None
-        valid, new_hash = await self._hasher.verify(password, user.password_hash if user else None)
+        valid, new_hash = await self._hasher.verify(candidate, user.password_hash if user else None)
         if user is None or not valid or user.disabled:
             return None
         if new_hash is not None:
