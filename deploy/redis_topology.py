@@ -428,6 +428,24 @@ class Topology:
             "repl-diskless-sync-delay 0",  # the default 5 s would delay every full sync
         ]
 
+    def wait_replicated(self, primary: Node, timeout: float = 10) -> None:
+        """Wait until every replica of `primary` has received everything `primary` had
+        written when this was called (replication is asynchronous)."""
+        with self.client(primary) as c:
+            target = int(c.info("replication")["master_repl_offset"])
+
+        def caught_up() -> bool:
+            with self.client(primary) as c:
+                replication = c.info("replication")
+            offsets = [
+                int(value["offset"])
+                for key, value in replication.items()
+                if key.startswith("slave") and isinstance(value, dict)
+            ]
+            return bool(offsets) and min(offsets) >= target
+
+        wait_for(f"replicas of {primary.name} in sync", caught_up, timeout, interval=0.01)
+
     def _answers(self, node: Node) -> bool:
         """Our process answers on the node's port (not another one that took the port)."""
         with self.client(node, timeout=0.5) as c:

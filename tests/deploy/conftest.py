@@ -1,8 +1,10 @@
 """The cluster topology (Redis, 3 gunicorn instances, nginx) on free ports, started by the same
 `deploy/cluster.py` that `make cluster` runs, in a temporary directory, once per Redis mode:
 one redis-server (standalone), a Redis Cluster of 3 primaries and 3 replicas (cluster), or a
-primary, a replica and 3 sentinels (sentinel). A module gets one cluster per mode; a test
-module limits the modes with `pytest.mark.parametrize("cluster", [...], indirect=True)`."""
+primary, a replica and 3 sentinels (sentinel). The modules of this package share one cluster
+per mode (each start costs about 10 s); a test limits the modes with
+`pytest.mark.parametrize("cluster", [...], indirect=True, scope="package")`, and a test that
+kills something leaves the cluster healthy again for the next one."""
 
 from __future__ import annotations
 
@@ -100,12 +102,12 @@ def _cluster_cli(command: str, args: list[str], env: dict[str, str]) -> None:
     )
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="package", params=MODES)
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
 ) -> Iterator[Cluster]:
-    """One cluster per test module and Redis mode (stopped right after them); `down` runs
-    whatever happens."""
+    """One cluster per Redis mode for this package's tests (stopped right after them); `down`
+    runs whatever happens."""
     mode: str = request.param
     run_dir = tmp_path_factory.mktemp(f"cluster-{mode}")
     port, redis_port, *api_ports = free_ports(2 + INSTANCES)

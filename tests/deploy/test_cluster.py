@@ -25,7 +25,7 @@ from tests.support.auth import bearer, login
 
 pytestmark = pytest.mark.slow
 # Tests of the instances themselves (gunicorn, nginx), not of Redis: one Redis mode is enough.
-STANDALONE_ONLY = pytest.mark.parametrize("cluster", ["standalone"], indirect=True, scope="module")
+STANDALONE_ONLY = pytest.mark.parametrize("cluster", ["standalone"], indirect=True, scope="package")
 
 SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
 
