@@ -14,6 +14,7 @@ that directory when it exits. The master empties the directory at start and dele
 worker's live gauges (in-flight requests, model info) so they stop counting.
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -71,6 +72,14 @@ def on_starting(server: Any) -> None:
     for stale in _metrics_dir.glob("*.db"):
         stale.unlink()
     server.log.info("metrics directory %s", _metrics_dir)
+
+
+def when_ready(server: Any) -> None:
+    """Collect once and freeze what the preloaded app left, in the master, before any
+    worker forks: workers then share those pages untouched (no copy-on-write from a
+    collection) and start without a full collection of their own."""
+    gc.collect()
+    gc.freeze()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -16,12 +16,13 @@ from contextlib import asynccontextmanager
 from authlib.oauth2.base import OAuth2Error
 from fastapi import FastAPI, Request, Response
 
+from service.api.docs import install_docs
 from service.api.oauth import oauth_error_response
 from service.api.routes import auth, meta, predict, sessions, users
 from service.infra import metrics
 from service.infra.config import Settings, load_settings
 from service.infra.errors import install_error_handlers
-from service.infra.logs import configure_logging
+from service.infra.logs import configure_logging, defer_access_log
 from service.infra.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from service.ml.artifact import load_model
 from service.runtime import Runtime
@@ -40,13 +41,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = Runtime.open(app.state.settings, app.state.predictor)
     served = runtime.predictor.manifest
     app.state.runtime = runtime
+    flushing = asyncio.create_task(metrics.HOT_PATH.flush_periodically())
+    stop_access_log = defer_access_log()
     catching_up = None
     try:
         if not await runtime.prepare_storage():
             catching_up = asyncio.create_task(runtime.keep_preparing_storage())
         # The model and libraries leave ~150k long-lived objects: freeze them so that full
-        # collections stop rescanning them (they caused the p99 tail).
-        gc.collect()
+        # collections stop rescanning them (they caused the p99 tail). Under gunicorn the
+        # master has collected and frozen them before forking (deploy/gunicorn.conf.py);
+        # this freezes what the worker itself built, at no cost.
         gc.freeze()
         metrics.MODEL_INFO.labels(served.version).set(1)
         logger.info(
@@ -54,6 +58,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        flushing.cancel()
+        metrics.HOT_PATH.flush()
+        stop_access_log()
         if catching_up is not None:
             catching_up.cancel()
         await runtime.close()
@@ -83,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             features=", ".join(manifest.feature_names),
         ),
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc from local files
+        redoc_url=None,
         # Tokens stay in the page's memory: persisting them to localStorage would hand them
         # to any script that ever runs on this origin, and outlive the tab.
         swagger_ui_parameters={"persistAuthorization": False},
@@ -100,8 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    install_docs(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it sees (and labels, logs and heads) every answer.
-    docs = (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
-    app.add_middleware(ObservabilityMiddleware, csp_exempt_paths=[p for p in docs if p])
+    app.add_middleware(ObservabilityMiddleware)
     return app

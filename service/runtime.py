@@ -21,6 +21,7 @@ from service.infra.config import Settings
 from service.infra.metrics import REDIS_MEMORY_RATIO, count_redis_error
 from service.infra.redis import (
     RedisClient,
+    Replication,
     Scripts,
     close_redis,
     create_redis,
@@ -57,10 +58,14 @@ class Runtime:
         scripts = Scripts.register(redis)
         gate = Gate(redis, scripts)
         tokens = TokenService(settings)
+        replication = Replication(
+            redis, settings.revocation_replicas, settings.redis_revocation_wait_ms
+        )
         sessions = SessionStore(
             redis,
             scripts,
             tokens,
+            replication=replication,
             max_per_user=settings.max_sessions_per_user,
             max_age_seconds=settings.session_max_age_seconds,
         )
@@ -68,7 +73,7 @@ class Runtime:
             settings=settings,
             redis=redis,
             tokens=tokens,
-            users=UserStore(redis, scripts, PasswordHasher(settings), sessions),
+            users=UserStore(redis, scripts, PasswordHasher(settings), sessions, replication),
             sessions=sessions,
             gate=gate,
             limits=Limits(

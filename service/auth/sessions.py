@@ -27,7 +27,7 @@ from service.auth.tokens import (
     accepted_until,
 )
 from service.infra.keys import session_key, sessions_key, user_key
-from service.infra.redis import RedisClient, Scripts
+from service.infra.redis import RedisClient, Replication, Scripts
 from service.rules.scopes import Scope
 
 # Beyond the clock rule's last moment: covers clock skew between instances and Redis.
@@ -91,11 +91,13 @@ class SessionStore:
         scripts: Scripts,
         tokens: TokenService,
         *,
+        replication: Replication,
         max_per_user: int,
         max_age_seconds: int,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._replication = replication
         self._tokens = tokens
         self._max_per_user = max_per_user
         self._max_age = max_age_seconds
@@ -192,11 +194,12 @@ class SessionStore:
         return Rotation(int(outcome))
 
     async def end(self, username: str, *sids: str) -> int:
-        """End these sessions of the user; returns how many were live."""
+        """End these sessions of the user; returns how many were live. Answered once the
+        replicas have it (see Replication)."""
         if not sids:
             return 0
         keys = [sessions_key(username), *(session_key(username, sid) for sid in sids)]
-        return int(await self._scripts.session_end(keys=keys, args=list(sids)))
+        return int(await self._replication.run(self._scripts.session_end, keys, list(sids)))
 
     async def end_all(self, username: str) -> int:
         """End every session of the user."""

@@ -18,14 +18,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import LockError
 
 from service.auth.passwords import PasswordHasher
 from service.auth.sessions import SessionStore
 from service.infra.keys import ADMIN_CHANGE_LOCK, USERS_SET, legacy_user_key, user_key
-from service.infra.redis import RedisClient, Scripts
+from service.infra.redis import RedisClient, Replication, Scripts
 from service.rules.accounts import MAX_PASSWORD_LENGTH, normalize_username
 from service.rules.rates import Rate
 from service.rules.scopes import Scope
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 ADMIN_LOCK_SECONDS = 5.0
 ADMIN_LOCK_WAIT_SECONDS = 2.0
+
+
+async def _direct(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    return await script(keys=keys, args=args)
 
 
 def new_token_version() -> str:
@@ -75,10 +80,16 @@ class UserStore:
     """CRUD on users; every write that must not race is a Lua script."""
 
     def __init__(
-        self, redis: RedisClient, scripts: Scripts, hasher: PasswordHasher, sessions: SessionStore
+        self,
+        redis: RedisClient,
+        scripts: Scripts,
+        hasher: PasswordHasher,
+        sessions: SessionStore,
+        replication: Replication,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._replication = replication
         self._hasher = hasher
         self._sessions = sessions
 
@@ -168,8 +179,10 @@ class UserStore:
         pairs = [item for pair in fields.items() for item in pair]
         args: list[str | int] = [len(removed), *removed, *pairs]
         demotes = bool(disabled) or (scopes is not None and Scope.ADMIN not in scopes)
+        # Revoking changes wait for the replicas (see Replication); others need not.
+        run = self._replication.run if revokes else _direct
         async with self._admin_guard(username, actor, demotes):
-            updated = bool(await self._scripts.update_user(keys=[user_key(username)], args=args))
+            updated = bool(await run(self._scripts.update_user, [user_key(username)], args))
         if updated and revokes:
             await self._sessions.end_all(username)
         return updated
@@ -184,7 +197,9 @@ class UserStore:
     async def revoke_tokens(self, username: str) -> bool:
         """Refuse every token issued to the user so far, and end its sessions."""
         args: list[str | int] = [0, "token_version", new_token_version()]
-        revoked = bool(await self._scripts.update_user(keys=[user_key(username)], args=args))
+        revoked = bool(
+            await self._replication.run(self._scripts.update_user, [user_key(username)], args)
+        )
         if revoked:
             await self._sessions.end_all(username)
         return revoked
@@ -192,7 +207,9 @@ class UserStore:
     async def delete(self, username: str, *, actor: str | None = None) -> bool:
         """Delete the user and end its sessions. Raises AdminChangeRefused."""
         async with self._admin_guard(username, actor, demotes=True):
-            deleted = bool(await self._redis.delete(user_key(username)))
+            deleted = bool(
+                await self._replication.run(self._scripts.delete_user, [user_key(username)], [])
+            )
         await self._redis.srem(USERS_SET, username)
         if deleted:
             await self._sessions.end_all(username)

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = Field(default="mymaster", min_length=1)
     redis_sentinel_password: SecretStr | None = None
     redis_sentinel_password_file: Path | None = None
+    # How many replicas must acknowledge a revocation (logout, ending sessions) before it is
+    # answered; unset: 1 in cluster and sentinel modes (they have replicas), 0 standalone.
+    redis_revocation_replicas: int | None = Field(default=None, ge=0, le=5)
+    redis_revocation_wait_ms: int = Field(default=100, ge=1, le=5000)
     redis_socket_timeout: float = Field(default=0.5, gt=0, le=10)
     redis_max_connections: int = Field(default=64, ge=1)
 
@@ -265,6 +269,12 @@ class Settings(BaseSettings):
             return ()
         raw = self.jwt_previous_secrets.get_secret_value()
         return tuple(SecretStr(part.strip()) for part in raw.split(",") if part.strip())
+
+    @property
+    def revocation_replicas(self) -> int:
+        if self.redis_revocation_replicas is not None:
+            return self.redis_revocation_replicas
+        return 0 if self.redis_mode == "standalone" else 1
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

@@ -20,8 +20,8 @@ class RequestContext:
     # One (`RateLimit-Policy` item, `RateLimit` item) per policy that counted the request,
     # in the order they counted it.
     ratelimit_fields: list[tuple[str, str]] = field(default_factory=list)
-    # Policy name -> (identity, entry) of each count, for a route that refunds one.
-    counted: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Policy name -> the identity each policy counted, for a route that refunds a count.
+    counted: dict[str, str] = field(default_factory=dict)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)

@@ -8,6 +8,7 @@ it would make the error response itself fail with a 500.
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
@@ -60,7 +61,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
-async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+def raised_by_redis(exc: BaseException) -> bool:
+    """Whether redis-py raised it. During a cluster failover redis-py 8 can raise more than
+    RedisError (an AttributeError on a connection closed under an in-flight command,
+    redis-py#4287); whatever it raises means the storage failed, not the request."""
+    if isinstance(exc, RedisError):
+        return True
+    frame = exc.__traceback__
+    while frame is not None:
+        if f"{os.sep}redis{os.sep}" in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def storage_unavailable(exc: BaseException) -> JSONResponse:
+    """The 503 for a failed Redis call: fast, with Retry-After, never a stack trace."""
     logger.warning("redis unavailable: %s", type(exc).__name__)
     count_redis_error(exc)
     # `error`: OAuth clients of the token endpoint read it (RFC 6749 §5.2's shape).
@@ -101,3 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisError, _redis_unavailable)
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return storage_unavailable(exc)

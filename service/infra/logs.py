@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import logging.handlers
+import queue
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,6 +30,8 @@ import orjson
 from service.infra.config import Settings
 from service.infra.context import current_context
 
+ACCESS_LOGGER = "service.access"
+STDERR_HANDLER = "stderr"
 _SECRET_RE = re.compile(r"[Bb]earer\s+\S+|eyJ[\w-]*\.[\w-]+\.[\w-]*")
 REDACTED = "[redacted]"
 
@@ -111,7 +116,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     """
     formatter = JsonFormatter if settings.log_format == "json" else TextFormatter
     level = settings.log_level.upper()
-    own = {"level": level, "handlers": ["stderr"], "propagate": False}
+    own = {"level": level, "handlers": [STDERR_HANDLER], "propagate": False}
     silent = {"level": "WARNING", "handlers": [], "propagate": False}
     return {
         "version": 1,
@@ -123,13 +128,13 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             }
         },
         "handlers": {
-            "stderr": {
+            STDERR_HANDLER: {
                 "class": "logging.StreamHandler",
                 "formatter": "main",
                 "stream": "ext://sys.stderr",
             }
         },
-        "root": {"level": level, "handlers": ["stderr"]},
+        "root": {"level": level, "handlers": [STDERR_HANDLER]},
         "loggers": {
             # uvicorn-worker hands gunicorn.error's handlers and level to uvicorn.error.
             "gunicorn.error": own,
@@ -145,3 +150,36 @@ def configure_logging(settings: Settings) -> None:
     if logging.root.handlers:
         return
     logging.config.dictConfig(logging_config(settings))
+
+
+class _Deferred(logging.handlers.QueueHandler):
+    """Hands records to the queue as they are: the listener's handlers format them."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def defer_access_log() -> Callable[[], None]:
+    """Format and write the access log on a thread of its own, off the request path: a
+    request only builds its record and queues it. Per worker (threads do not survive a
+    fork); returns the function that drains the queue and restores the logger.
+
+    Only when our own logging configuration is in place (gunicorn's `logconfig_dict`,
+    `configure_logging`): an embedding program's or pytest's handlers are left alone.
+    """
+    access = logging.getLogger(ACCESS_LOGGER)
+    targets = [h for h in logging.root.handlers if h.get_name() == STDERR_HANDLER]
+    if not targets or access.handlers:
+        return lambda: None
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *targets, respect_handler_level=True)
+    access.addHandler(_Deferred(records))
+    access.propagate = False
+    listener.start()
+
+    def stop() -> None:
+        listener.stop()
+        access.handlers.clear()
+        access.propagate = True
+
+    return stop

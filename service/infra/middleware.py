@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterable
 
 import orjson
-from prometheus_client import Counter, Histogram
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.infra import metrics
 from service.infra.context import RequestContext, close_context, open_context
+from service.infra.errors import raised_by_redis, storage_unavailable
+from service.infra.logs import ACCESS_LOGGER
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -87,7 +89,7 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("service.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -96,8 +98,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
-# JSON answers need nothing from a browser. Swagger UI and ReDoc load scripts and styles
-# from a CDN, so their pages go without it.
+# JSON answers need nothing from a browser. An answer that brings its own policy keeps it
+# instead (the docs pages: service/api/docs.py); two policies would both be enforced.
 CONTENT_SECURITY_POLICY = (
     b"content-security-policy",
     b"default-src 'none'; frame-ancestors 'none'",
@@ -131,14 +133,11 @@ class ObservabilityMiddleware:
     access log line, and a JSON 500 for an unhandled exception.
 
     Installed outermost, so it also sees the answers of the other middleware (413, 400).
-    Metric children are cached by label values: `labels()` takes a lock and builds a key on
-    every call, which this hot path does not need to pay.
+    Request metrics are tallied in memory (see `metrics.HOT_PATH`).
     """
 
-    def __init__(self, app: ASGIApp, *, csp_exempt_paths: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.csp_exempt = frozenset(csp_exempt_paths)
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,8 +147,6 @@ class ObservabilityMiddleware:
         request_id = _request_id(scope["headers"])
         context, token = open_context(request_id)
         extra_headers = [*SECURITY_HEADERS, (b"x-request-id", request_id.encode("ascii"))]
-        if scope["path"] not in self.csp_exempt:
-            extra_headers.append(CONTENT_SECURITY_POLICY)
         status = 500
         started = False
 
@@ -158,38 +155,35 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    *extra_headers,
-                    *_ratelimit_headers(context),
-                ]
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == CONTENT_SECURITY_POLICY[0] for name, _ in headers):
+                    headers.append(CONTENT_SECURITY_POLICY)
+                message["headers"] = [*headers, *extra_headers, *_ratelimit_headers(context)]
             await send(message)
 
-        metrics.HTTP_IN_FLIGHT.inc()
+        metrics.HOT_PATH.in_flight += 1
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
-            logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
-            # Once the response has started, returning without finishing it makes the server
-            # close the connection: the client sees a broken response, not a false success.
-            if not started:
-                await _send_internal_error(send_with_headers, request_id)
+        except Exception as exc:
+            if raised_by_redis(exc):
+                if not started:
+                    await storage_unavailable(exc)(scope, receive, send_with_headers)
+            else:
+                logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
+                # Once the response has started, returning without finishing it makes the
+                # server close the connection: the client sees a broken response, not a
+                # false success.
+                if not started:
+                    await _send_internal_error(send_with_headers, request_id)
         finally:
-            metrics.HTTP_IN_FLIGHT.dec()
+            metrics.HOT_PATH.in_flight -= 1
             self._finish(scope, context, status, time.perf_counter() - start)
             close_context(token)
 
     def _finish(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
         route = _route(scope)
-        key = (method, route, status)
-        children = self._children.get(key)
-        if children is None:
-            labels = (method, route, str(status))
-            children = (metrics.HTTP_REQUESTS.labels(*labels), metrics.HTTP_LATENCY.labels(*labels))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        metrics.HOT_PATH.request_finished(method, route, status, seconds)
         if context.auth_failure is not None:
             metrics.AUTH_FAILURES.labels(context.auth_failure).inc()
         if access_logger.isEnabledFor(logging.INFO):
@@ -220,8 +214,9 @@ class ObservabilityMiddleware:
 
 def _route(scope: Scope) -> str:
     route = scope.get("route")
-    # The template as documented (`/users/{username}`), without convertors.
-    path = getattr(route, "path_format", None)
+    # A route's template as documented (`/users/{username}`, without convertors); a mount's
+    # prefix.
+    path = route.path_format if isinstance(route, Route) else getattr(route, "path", None)
     return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
 
 

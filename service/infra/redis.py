@@ -16,6 +16,7 @@ of a hung request.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -28,8 +29,12 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from service.infra.config import Settings
+from service.infra.metrics import UNREPLICATED_WRITES
+
+logger = logging.getLogger(__name__)
 
 RedisClient = Redis | RedisCluster
 
@@ -44,22 +49,26 @@ class Scripts:
     (after a restart emptied the script cache, or on a freshly promoted cluster primary)."""
 
     gate: AsyncScript
+    gate_refund: AsyncScript
     session_start: AsyncScript
     session_rotate: AsyncScript
     session_end: AsyncScript
     create_user: AsyncScript
     update_user: AsyncScript
+    delete_user: AsyncScript
     rehash: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> Scripts:
         return cls(
             gate=client.register_script(_lua("gate.lua")),
+            gate_refund=client.register_script(_lua("gate_refund.lua")),
             session_start=client.register_script(_lua("session_start.lua")),
             session_rotate=client.register_script(_lua("session_rotate.lua")),
             session_end=client.register_script(_lua("session_end.lua")),
             create_user=client.register_script(_lua("create_user.lua")),
             update_user=client.register_script(_lua("update_user.lua")),
+            delete_user=client.register_script(_lua("delete_user.lua")),
             rehash=client.register_script(_lua("rehash.lua")),
         )
 
@@ -160,3 +169,59 @@ async def memory_ratio(client: RedisClient) -> float:
         if int(info.get("maxmemory", 0))
     ]
     return max(ratios, default=0.0)
+
+
+class Replication:
+    """Runs the writes that revoke access so that `replicas` replicas acknowledge them
+    before they are answered (Redis replication is asynchronous: a primary that dies right
+    after a write can take it along, and a lost revocation is a stolen token that works).
+
+    The script and `WAIT replicas timeout` go down one connection in one pipeline: WAIT
+    answers for the writes of its own connection only. A WAIT that times out (no replica
+    reachable, e.g. during a failover) is logged and counted, not an error: the revocation
+    stands on the primary and reaches the replicas when they catch up.
+    """
+
+    def __init__(self, client: RedisClient, replicas: int, timeout_ms: int) -> None:
+        self._client = client
+        self._replicas = replicas
+        self._timeout_ms = timeout_ms
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if not self._replicas:
+            return await script(keys=keys, args=args)
+        for attempt in (1, 2):
+            result, acknowledged = await self._pipelined(script, keys, args)
+            if isinstance(result, NoScriptError) and attempt == 1:
+                # A restarted or newly promoted primary: load the script, once.
+                script.sha = await self._client.script_load(script.script)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            if isinstance(acknowledged, Exception) or acknowledged < self._replicas:
+                UNREPLICATED_WRITES.inc()
+                logger.warning(
+                    "a revocation is on the primary only: no replica acknowledged it in %d ms",
+                    self._timeout_ms,
+                )
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pipelined(
+        self, script: AsyncScript, keys: list[str], args: list[Any]
+    ) -> tuple[Any, Any]:
+        # Scripts run through EVALSHA itself: cluster pipelines refuse redis-py's Script.
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        wait = ("WAIT", self._replicas, self._timeout_ms)
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(keys[0])
+            async with self._client.pipeline() as cluster_pipe:
+                cluster_pipe.execute_command(*evalsha)
+                cluster_pipe.execute_command(*wait, target_nodes=node)
+                result, acknowledged = await cluster_pipe.execute(raise_on_error=False)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*evalsha)
+                pipe.execute_command(*wait)
+                result, acknowledged = await pipe.execute(raise_on_error=False)
+        return result, acknowledged

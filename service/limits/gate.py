@@ -7,7 +7,6 @@ Time comes from Redis, so every instance shares one clock; the answer is a typed
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -32,8 +31,6 @@ class GateDecision:
     window_ms: int = 0
     remaining: int = 0
     reset_ms: int = 0
-    # What the count added, so that `Gate.refund` can take it back.
-    entry: str = ""
 
     @property
     def counted(self) -> bool:
@@ -59,9 +56,10 @@ class Gate:
             claims=claims, key=_counter(policy, identity), rate=rate, per_user=policy.per_user
         )
 
-    async def refund(self, policy: Policy, identity: str, entry: str) -> None:
+    async def refund(self, policy: Policy, identity: str, rate: Rate) -> None:
         """Take back one counted request (a login that turned out to be no failure)."""
-        await self._redis.zrem(_counter(policy, identity), entry)
+        interval_ms = rate.window * 1000 / rate.limit
+        await self._scripts.gate_refund(keys=[_counter(policy, identity)], args=[interval_ms])
 
     async def forget(self, policy: Policy, identity: str) -> None:
         """Drop a counter, e.g. a deleted user's: whoever gets the name later starts afresh."""
@@ -80,19 +78,17 @@ class Gate:
             keys += [user_key(claims.subject), session_key(claims.subject, claims.session)]
         if key is not None:
             keys.append(key)
-        entry = os.urandom(8).hex()
         args = [
             "1" if claims is not None else "0",
             "1" if rate is not None else "0",
             claims.version if claims is not None else "",
             rate.limit if rate else 0,
             rate.window * 1000 if rate else 0,
-            entry,
             "1" if per_user else "0",
         ]
         reply = await self._scripts.gate(keys=keys, args=args)
         status, limit, window_ms, remaining, reset_ms = (int(value) for value in reply)
-        return GateDecision(GateStatus(status), limit, window_ms, remaining, reset_ms, entry)
+        return GateDecision(GateStatus(status), limit, window_ms, remaining, reset_ms)
 
 
 _TAGS_BY_USER = frozenset({CountedBy.USER, CountedBy.USERNAME})

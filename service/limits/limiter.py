@@ -267,7 +267,7 @@ class PolicyLimiter(RateLimiter):
                     RATE_LIMITED.labels(self.policy.name).inc()
                 context = request_context()
                 context.ratelimit_fields.append(ratelimit_fields(self.policy.header, decision))
-                context.counted[self.policy.name] = (call.identity, decision.entry)
+                context.counted[self.policy.name] = call.identity
 
 
 class Limits:
@@ -275,6 +275,7 @@ class Limits:
 
     def __init__(self, gate: Gate, rates: dict[Policy, Rate], *, fail_open: bool) -> None:
         self._gate = gate
+        self._rates = rates
         self._limiters = {
             policy: PolicyLimiter(policy, gate, rate, fail_open=fail_open)
             for policy, rate in rates.items()
@@ -285,7 +286,6 @@ class Limits:
 
     async def refund(self, policy: Policy) -> None:
         """Take back this request's count under a failures-only `policy` (it succeeded)."""
-        counted = request_context().counted.pop(policy.name, None)
-        if counted is not None:
-            identity, entry = counted
-            await self._gate.refund(policy, identity, entry)
+        identity = request_context().counted.pop(policy.name, None)
+        if identity is not None:
+            await self._gate.refund(policy, identity, self._rates[policy])

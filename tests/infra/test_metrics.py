@@ -8,9 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 
 from service.auth.tokens import TokenService
+from service.infra.metrics import _Observations
 from service.main import create_app
 from service.rules.scopes import Scope
 from tests.support.auth import bearer
@@ -143,3 +145,25 @@ async def test_redis_errors_are_counted(model_dir: Path, redis: Redis) -> None:
     errors = value(after, "redis_errors_total", error="ConnectionError")
     # The two requests' errors, and any of the start-up catch-up retrying meanwhile.
     assert errors >= value(before, "redis_errors_total", error="ConnectionError") + 2
+
+
+def test_tallied_observations_land_as_observe_would_put_them() -> None:
+    """The hot path's tallies reach a histogram exactly as one `observe` per value would."""
+    registry = CollectorRegistry()
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    direct = Histogram("direct_seconds", "d", ["route"], buckets=bounds, registry=registry)
+    tallied = Histogram("tallied_seconds", "t", ["route"], buckets=bounds, registry=registry)
+    observations = _Observations(tallied)
+    for sample in (0.0005, 0.001, 0.0011, 0.05, 0.1, 0.7, 3.0, 0.001):
+        direct.labels("/x").observe(sample)
+        observations.observe(sample)
+    observations.flush_into(tallied.labels("/x"))
+    observations.flush_into(tallied.labels("/x"))  # a second flush adds nothing
+    for suffix, extra in [
+        ("_count", {}),
+        ("_sum", {}),
+        *(("_bucket", {"le": le}) for le in ("0.001", "0.01", "0.1", "1.0", "+Inf")),
+    ]:
+        labels = {"route": "/x", **extra}
+        expected = registry.get_sample_value(f"direct_seconds{suffix}", labels)
+        assert registry.get_sample_value(f"tallied_seconds{suffix}", labels) == expected

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.infra.metrics import FLUSH_SECONDS
 from tests.support.auth_traffic import exercise_auth, find_leaks
 from tests.support.processes import GunicornFactory, GunicornProcess, RedisProcess
 from tests.support.prom import value
@@ -84,6 +85,9 @@ def test_metrics_are_merged_over_all_workers(
             if len([n for n in per_worker.values() if n > 0]) >= 2:
                 break
     assert len([n for n in per_worker.values() if n > 0]) == 2, per_worker
+    # Workers fold their tallies into the shared files every FLUSH_SECONDS (the scraping
+    # one also right before answering): after that, every request is in.
+    time.sleep(FLUSH_SECONDS + 0.5)
     exposition = httpx.get(f"{server.url}/metrics").text
     assert value(exposition, "http_requests_total", **HEALTHZ) == sent
     assert value(exposition, "http_request_duration_seconds_count", **HEALTHZ) == sent
@@ -121,6 +125,8 @@ def test_metrics_directory_is_emptied_at_start_and_dead_workers_are_forgotten(
         assert time.monotonic() < deadline, "the dead worker's live gauges are still there"
         time.sleep(0.05)
     server.wait_ready()
+    # Only this scrape is in flight, once every live worker has folded in its last tally.
+    time.sleep(FLUSH_SECONDS + 0.5)
     exposition = httpx.get(f"{server.url}/metrics").text
     assert value(exposition, "http_requests_in_flight") == 1
     server.stop()

@@ -135,6 +135,8 @@ class GunicornProcess:
         self.log_path = self.workdir / f"gunicorn-{self.port}.log"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # This checkout's package, not whichever one the venv has installed (editable).
+            "PYTHONPATH": str(REPO_ROOT),
             "BIND": f"127.0.0.1:{self.port}",
             **self.env,
         }

@@ -94,7 +94,8 @@ def _token_response(response: Response, pair: TokenPair) -> TokenResponse:
 
 
 async def _count(request: Request, response: Response, runtime: RuntimeDep, policy: Policy) -> None:
-    """Count against a policy; its 429 is an OAuth error here, which clients recognise."""
+    """Count against a policy; its 429 is an OAuth error here (`temporarily_unavailable`),
+    which OAuth clients raise instead of taking the body for a token."""
     try:
         await runtime.limits[policy](request, response)
     except RateLimited as exc:
@@ -172,14 +173,16 @@ async def token(request: Request, response: Response, runtime: RuntimeDep) -> To
 @router.post(
     "/token/refresh",
     response_model=TokenResponse,
-    dependencies=[Depends(rate_limit(PUBLIC))],
     responses=BODY
-    | LIMITED
-    | errors(s400="invalid_grant: a dead refresh token; or a body that is not JSON"),
+    | errors(503, s400="invalid_grant: a dead refresh token; or a body that is not JSON")
+    | {429: _OAUTH_ERRORS[429]},
 )
-async def refresh(response: Response, body: RefreshRequest, runtime: RuntimeDep) -> TokenResponse:
+async def refresh(
+    request: Request, response: Response, body: RefreshRequest, runtime: RuntimeDep
+) -> TokenResponse:
     """The refresh grant, as JSON: a refresh token works once; presenting a spent one ends
     its session."""
+    await _count(request, response, runtime, PUBLIC)
     pair = await _refresh_grant(runtime, body.refresh_token, {})
     return _token_response(response, pair)
 
@@ -187,19 +190,15 @@ async def refresh(response: Response, body: RefreshRequest, runtime: RuntimeDep)
 @router.post(
     "/revoke",
     status_code=status.HTTP_200_OK,
-    dependencies=[Depends(rate_limit(PUBLIC))],
     openapi_extra=_form_body(RevokeForm),
-    responses={
-        200: {"description": "Revoked, or was not a live token (RFC 7009 §2.2): `{}`"},
-        400: _OAUTH_ERRORS[400],
-        401: _OAUTH_ERRORS[401],
-    }
-    | errors(413)
-    | LIMITED,
+    responses=_OAUTH_ERRORS
+    | errors(413, 503)
+    | {200: {"description": "Revoked, or was not a live token (RFC 7009 §2.2): `{}`"}},
 )
-async def revoke(request: Request, runtime: RuntimeDep) -> JSONResponse:
+async def revoke(request: Request, response: Response, runtime: RuntimeDep) -> JSONResponse:
     """RFC 7009: revoking either token of a session ends the session. The answer is the same
     whether or not the token was known."""
+    await _count(request, response, runtime, PUBLIC)
     form = await read_form(request, REVOKE_PARAMETERS)
     check_public_client(request, form)
     token = required(form, "token")

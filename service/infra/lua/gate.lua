@@ -1,14 +1,21 @@
--- The per-request gate: token state check and/or sliding-window rate limit, atomically, in
--- one round trip. Time comes from Redis so that every instance shares one clock.
+-- The per-request gate: token state check and/or rate count, atomically, in one round trip.
+-- Time comes from Redis so that every instance shares one clock.
 --
 -- ARGV[1] "1" to check the token: KEYS[1] user hash, KEYS[2] the token's session hash
 --         (it must exist: ending a session deletes it), ARGV[3] the token's version
 --         (it must equal the user's token_version).
--- ARGV[2] "1" to count a request: KEYS[#KEYS] the window's sorted set,
---         ARGV[4] default limit, ARGV[5] default window (ms), ARGV[6] unique member,
---         ARGV[7] "1" when the user's own rate override applies.
+-- ARGV[2] "1" to count a request: KEYS[#KEYS] the counter (a string: see below),
+--         ARGV[4] default limit, ARGV[5] default window (ms),
+--         ARGV[6] "1" when the user's own rate override applies.
 -- Returns {status, limit, window_ms, remaining, reset_ms}:
---   status 0 admitted, 1 rate limited, 2 session ended, 3 user gone/disabled/token version stale.
+--   status 0 admitted, 1 rate limited, 2 session ended, 3 user gone/disabled/token version stale;
+--   reset_ms: until the quota is whole again (admitted), or until a request fits (limited).
+--
+-- The count is GCRA (the generic cell rate algorithm): `limit` requests per `window` ms means
+-- one every T = window / limit ms with bursts of up to `limit`. The counter holds one number,
+-- the theoretical arrival time (TAT) of the next request, and expires when it is in the past:
+-- O(1) memory per counter whatever the limit. A request is admitted when, after it, the TAT
+-- is at most `window` ahead of now.
 local check_token = ARGV[1] == "1"
 local count_rate = ARGV[2] == "1"
 local limit = tonumber(ARGV[4])
@@ -22,7 +29,7 @@ if check_token then
   if not user[1] or user[1] ~= ARGV[3] or user[2] == "1" then
     return {3, 0, 0, 0, 0}
   end
-  if ARGV[7] == "1" and user[3] and user[4] then
+  if ARGV[6] == "1" and user[3] and user[4] then
     limit = tonumber(user[3])
     window = tonumber(user[4])
   end
@@ -34,16 +41,19 @@ end
 
 local key = KEYS[#KEYS]
 local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call("ZREMRANGEBYSCORE", key, "-inf", now - window)
-local used = redis.call("ZCARD", key)
-if used >= limit then
-  -- A slot frees when the (used - limit + 1)th oldest entry leaves the window (more than
-  -- `limit` entries remain when an admin has just lowered a user's limit).
-  local freeing = redis.call("ZRANGE", key, used - limit, used - limit, "WITHSCORES")
-  return {1, limit, window, 0, tonumber(freeing[2]) + window - now}
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = window / limit
+local tat = tonumber(redis.call("GET", key) or now)
+if tat < now then
+  tat = now
 end
-redis.call("ZADD", key, now, ARGV[6])
-redis.call("PEXPIRE", key, window)
-local first = redis.call("ZRANGE", key, 0, 0, "WITHSCORES")
-return {0, limit, window, limit - used - 1, tonumber(first[2]) + window - now}
+local after = tat + interval
+-- 1 µs of tolerance: limit x interval may round above window in floating point.
+if after - now > window + 0.001 then
+  -- Refused: admitted again once the TAT has come within window - interval of now (more
+  -- than one interval away when an admin has just lowered a user's limit).
+  return {1, limit, window, 0, math.ceil(after - window - now)}
+end
+redis.call("SET", key, string.format("%.3f", after), "PX", math.ceil(after - now))
+local remaining = math.floor((window - (after - now)) / interval + 0.000001)
+return {0, limit, window, remaining, math.ceil(after - now)}
