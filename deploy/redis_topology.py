@@ -636,13 +636,6 @@ class RedisCluster(Topology):
     def primary_pid_for_key(self, key: str) -> int:
         return self.primary_for_key(key).pid
 
-    def replicas_of(self, primary: Node) -> list[Node]:
-        with self.client(primary) as c:
-            primary_id = str(command(c, "CLUSTER", "MYID"))
-        rows = self._cluster_nodes(primary)
-        ports = {int(r[1].split("@")[0].rsplit(":", 1)[1]) for r in rows if r[3] == primary_id}
-        return [node for node in self.nodes if node.port in ports]
-
     def app_env(self) -> dict[str, str]:
         # Any node will do: redis-py's RedisCluster finds the others from it.
         return super().app_env() | {
@@ -761,17 +754,6 @@ class RedisSentinel(Topology):
 
     def master_pid(self) -> int:
         return self.master().pid
-
-    def wait_failover(self, old_port: int, timeout: float = 30) -> float:
-        """Wait until the sentinels name a live master other than `old_port`; seconds."""
-        t0 = time.monotonic()
-
-        def moved() -> bool:
-            port = self.master_port()
-            return port != old_port and self.node_by_port(port).alive()
-
-        wait_for("sentinel failover", moved, timeout, interval=0.02)
-        return time.monotonic() - t0
 
     def wait_healthy(self, timeout: float = 30) -> float:
         t0 = time.monotonic()

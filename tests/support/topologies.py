@@ -42,7 +42,6 @@ __all__ = [
     "Topology",
     "acl_denials",
     "attach",
-    "keys_everywhere",
     "reset_acl_logs",
     "settings_for",
     "topology_fixture",
@@ -92,16 +91,3 @@ def reset_acl_logs(topology: Topology) -> None:
         if node.alive():
             with topology.client(node) as client:
                 client.acl_log_reset()
-
-
-def keys_everywhere(topology: Topology, pattern: str) -> set[str]:
-    """The keys matching `pattern` on every live primary (SCAN, not KEYS)."""
-    found: set[str] = set()
-    for node in topology.servers():
-        if not node.alive():
-            continue
-        with topology.client(node) as client:
-            if client.info("replication")["role"] != "master":
-                continue
-            found |= {str(key) for key in client.scan_iter(match=pattern, count=1000)}
-    return found
