@@ -1,10 +1,10 @@
 """The cluster topology (Redis, 3 gunicorn instances, nginx) on free ports, started by the same
 `deploy/cluster.py` that `make cluster` runs, in a temporary directory, once per Redis mode:
 one redis-server (standalone), a Redis Cluster of 3 primaries and 3 replicas (cluster), or a
-primary, a replica and 3 sentinels (sentinel). The modules of this package share one cluster
-per mode (each start costs about 10 s); a test limits the modes with
-`pytest.mark.parametrize("cluster", [...], indirect=True, scope="package")`, and a test that
-kills something leaves the cluster healthy again for the next one."""
+primary, a replica and 3 sentinels (sentinel). A test runs in standalone mode unless it asks
+for others (`ALL_MODES`, or `pytest.mark.parametrize("cluster", [...], indirect=True,
+scope="package")`); the modules of this package share one cluster per mode (each start costs
+about 10 s), so a test that kills something leaves the cluster healthy again."""
 
 from __future__ import annotations
 
@@ -102,7 +102,11 @@ def _cluster_cli(command: str, args: list[str], env: dict[str, str]) -> None:
     )
 
 
-@pytest.fixture(scope="package", params=MODES)
+# Tests of what Redis holds (tokens, logouts, limits) run on every topology.
+ALL_MODES = pytest.mark.parametrize("cluster", MODES, indirect=True, scope="package")
+
+
+@pytest.fixture(scope="package", params=["standalone"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
 ) -> Iterator[Cluster]:

@@ -20,12 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import PREDICT_LIMIT, WORKERS, Cluster
+from tests.deploy.conftest import ALL_MODES, PREDICT_LIMIT, WORKERS, Cluster
 from tests.support.auth import bearer, login
 
 pytestmark = pytest.mark.slow
-# Tests of the instances themselves (gunicorn, nginx), not of Redis: one Redis mode is enough.
-STANDALONE_ONLY = pytest.mark.parametrize("cluster", ["standalone"], indirect=True, scope="package")
 
 SAMPLE = {"data": [5.1, 3.5, 1.4, 0.2]}
 
@@ -67,6 +65,7 @@ async def settled_statuses(http: httpx.AsyncClient, urls: list[str], token: str)
     return results
 
 
+@ALL_MODES
 async def test_token_from_one_instance_works_on_all(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -77,6 +76,7 @@ async def test_token_from_one_instance_works_on_all(
     assert await statuses(http, urls, token) == [200] * len(urls)
 
 
+@ALL_MODES
 async def test_logout_through_one_instance_is_refused_by_all(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -90,6 +90,7 @@ async def test_logout_through_one_instance_is_refused_by_all(
     assert await statuses(http, urls, token) == [401] * len(urls)
 
 
+@ALL_MODES
 async def test_rate_limit_holds_exactly_across_instances(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -108,6 +109,7 @@ async def test_rate_limit_holds_exactly_across_instances(
     assert counts == {200: PREDICT_LIMIT, 429: 2 * PREDICT_LIMIT}
 
 
+@ALL_MODES
 async def test_refresh_token_reuse_on_another_instance_ends_the_session_everywhere(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -179,7 +181,7 @@ async def _load_user_token(http: httpx.AsyncClient, cluster: Cluster) -> str:
     return await access_token(http, cluster.url, username, password)
 
 
-@STANDALONE_ONLY
+# The instances themselves (gunicorn, nginx), not Redis: standalone only.
 async def test_sigkill_of_one_instance_under_load_gives_clients_no_errors(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -199,7 +201,6 @@ async def test_sigkill_of_one_instance_under_load_gives_clients_no_errors(
     await asyncio.to_thread(cluster.wait_ready, 1, not_pid=master)
 
 
-@STANDALONE_ONLY
 async def test_rolling_reload_under_load_loses_no_request(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -223,6 +224,7 @@ async def test_rolling_reload_under_load_loses_no_request(
     assert outcomes["ok"] > 50  # the load really ran meanwhile
 
 
+@ALL_MODES
 async def test_redis_restart_revives_no_revoked_token_and_loses_no_user(
     http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
