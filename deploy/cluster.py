@@ -9,6 +9,12 @@ are generated (under --dir).
 Every process runs under a small restart loop: honcho stops everything as soon as one of its
 processes exits, but an instance killed on purpose (or by a crash) must be replaced, as Compose
 and Kubernetes do, without taking the other instances down.
+
+REDIS_MODE=cluster or sentinel (--redis-mode) replaces the one redis-server with a Redis
+Cluster (3 primaries, 3 replicas) or a Sentinel set (primary, replica, 3 sentinels) from
+deploy/redis_topology.py, started before the instances and stopped by `down`, by PID. Those
+nodes are not under the restart loop: a killed primary stays down while its replica takes
+over (`deploy/redis_topology.py restart` brings it back, as a replica).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis_topology
 from dotenv import dotenv_values
 
 from service.cli import RecordedRedis, recorded_redis
@@ -81,6 +88,10 @@ class Layout:
     def redis_record(self) -> Path:
         """Where `python -m service` finds this Redis (as make run's var/redis/client.env)."""
         return self.redis_dir / "client.env"
+
+    @property
+    def topology_dir(self) -> Path:
+        return self.dir / "redis-topology"
 
     @property
     def redis_password(self) -> Path:
@@ -245,6 +256,21 @@ def make_run_redis(env_file: Path) -> RecordedRedis | None:
     return None
 
 
+def _start_topology(layout: Layout, mode: str, maxmemory: str) -> dict[str, str]:
+    """REDIS_MODE=cluster|sentinel: start that topology (a new, empty one; the API's password
+    stays the cluster's) and return the API's settings for it."""
+    redis_topology.down(layout.topology_dir)  # what a crashed `up` may have left
+    topology = redis_topology.TOPOLOGIES[mode](
+        dir=layout.topology_dir, secrets_dir=layout.redis_password.parent, maxmemory=maxmemory
+    ).start()
+    print("redis: " + "\n".join(topology.describe()))
+    print(
+        "  a killed node stays down (its replica takes over); bring it back with "
+        f"`{sys.executable} deploy/redis_topology.py restart --dir {layout.topology_dir} NODE`"
+    )
+    return topology.app_env()
+
+
 def _procfile(layout: Layout, port: int, api_ports: list[int], redis_port: int | None) -> str:
     lines = []
     if redis_port is not None:
@@ -319,10 +345,10 @@ def up(args: argparse.Namespace) -> int:
         print(f"cluster already running (honcho pid {pid}) on http://127.0.0.1:{args.port}")
         return 0
     env_file = Path(args.env_file).resolve()
-    shared = make_run_redis(env_file)
-    external_redis = (
-        shared is not None or "REDIS_URL" in os.environ or "REDIS_URL" in dotenv_values(env_file)
-    )
+    redis_url_given = "REDIS_URL" in os.environ or "REDIS_URL" in dotenv_values(env_file)
+    topology = None if redis_url_given or args.redis_mode == "standalone" else args.redis_mode
+    shared = make_run_redis(env_file) if topology is None else None
+    external_redis = shared is not None or redis_url_given or topology is not None
     wanted = [args.port, *api_ports] + ([] if external_redis else [args.redis_port])
     busy = [p for p in wanted if _port_in_use(p)]
     if busy or len(set(wanted)) != len(wanted):
@@ -344,6 +370,13 @@ def up(args: argparse.Namespace) -> int:
     # The instances share this host's cores: by default their workers add up to about the
     # core count (more only adds context switches; measured in `make bench`).
     env.setdefault("WEB_CONCURRENCY", str(max(1, (os.cpu_count() or 1) // len(api_ports))))
+    if topology is not None:
+        try:
+            env |= _start_topology(layout, topology, redis_maxmemory(env))
+        except ValueError as exc:
+            sys.exit(str(exc))
+        env.pop("REDIS_PASSWORD", None)
+        env.pop("REDIS_SENTINEL_PASSWORD", None)
     if not external_redis:
         try:
             maxmemory = redis_maxmemory(env)
@@ -356,6 +389,7 @@ def up(args: argparse.Namespace) -> int:
     # A bad setting stops here, with the app's own message, rather than in a restart loop.
     check = "from service.infra.config import load_settings; load_settings()"
     if subprocess.run([sys.executable, "-c", check], cwd=layout.dir, env=env).returncode:
+        redis_topology.down(layout.topology_dir)
         sys.exit("the API settings are invalid (see above); nothing was started")
     _nginx_files(layout, args.port, api_ports)
     layout.procfile.write_text(
@@ -428,6 +462,7 @@ def down(args: argparse.Namespace) -> int:
     if honcho is None and not any(layout.pgid_dir.glob("*")):
         print("cluster not running")
         layout.pidfile.unlink(missing_ok=True)
+        redis_topology.down(layout.topology_dir)
         return 0
     if honcho is not None:
         # honcho forwards SIGTERM to every process group and waits for them.
@@ -443,6 +478,9 @@ def down(args: argparse.Namespace) -> int:
     if honcho is not None and _pid_alive(honcho):
         os.kill(honcho, signal.SIGKILL)
     layout.pidfile.unlink(missing_ok=True)
+    # REDIS_MODE=cluster|sentinel: the topology's nodes, by the PIDs it recorded.
+    if stopped := redis_topology.down(layout.topology_dir):
+        print(f"stopped {stopped} Redis processes of {layout.topology_dir}")
     print(f"cluster stopped (logs kept in {layout.log})")
     return 0
 
@@ -480,6 +518,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=int(env("CLUSTER_REDIS_PORT", "6390")),
         help="port of the cluster's own Redis (CLUSTER_REDIS_PORT; default 6390)",
+    )
+    add(
+        "--redis-mode",
+        choices=redis_topology.MODES,
+        default=env("REDIS_MODE", "standalone"),
+        help="standalone: one redis-server; cluster: Redis Cluster, 3 primaries and 3 "
+        "replicas; sentinel: a primary, a replica and 3 sentinels (REDIS_MODE; default "
+        "standalone; ignored when REDIS_URL is set)",
     )
     add(
         "--env-file",

@@ -61,7 +61,12 @@ def _compose() -> bool:
     if not docker or not plugin or plugin.returncode:
         print("skip docker compose config: no docker CLI with the Compose plugin on PATH")
         return True
-    return _run("docker compose config", [docker, "compose", "config", "-q"])
+    ok = _run("docker compose config", [docker, "compose", "config", "-q"])
+    # The Redis topology profiles, as their env files turn them on.
+    for env_file in sorted((ROOT / "deploy" / "compose").glob("*.env")):
+        name = f"docker compose --env-file {env_file.relative_to(ROOT)} config"
+        ok &= _run(name, [docker, "compose", "--env-file", str(env_file), "config", "-q"])
+    return ok
 
 
 # pip-audit asks PyPI's JSON API (the default) or OSV; the audit is complete only when one

@@ -12,10 +12,12 @@ refuses, naming the process, when BIND's port or var/redis is already in use (a 
 "serving on" once the server answers /readyz, not before.
 
 The posture of every Redis the project starts as a local process (`make run` here, `make
-cluster` in deploy/cluster.py) is defined here, once: its users (REDIS_DEFAULT_USER and
-REDIS_ACL_RULES, written by `redis_acl`) and its configuration (`redis_config`: AOF, memory
-cap, noeviction). Compose and Kubernetes generate the same ACL from the same rules
-(tests/deploy/test_redis_posture.py checks that they agree).
+cluster` in deploy/cluster.py, its Redis Cluster and Sentinel topologies in
+deploy/redis_topology.py) is defined here, once: its users (REDIS_DEFAULT_USER,
+REDIS_ACL_RULES and, for replicated topologies only, REDIS_TOPOLOGY_ACL_RULES, written by
+`redis_acl`) and its configuration (`redis_config`: AOF, memory cap, noeviction). Compose and
+Kubernetes generate the same ACL from the same rules (tests/deploy/test_redis_posture.py
+checks that they agree).
 """
 
 from __future__ import annotations
@@ -57,15 +59,34 @@ GUNICORN_CONF = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.
 # REDIS_PASSWORD[_FILE]).
 REDIS_API_USER = "api"
 # Every Redis user and its ACL rules; the `default` user is switched off. One entry per
-# user: a replication user would be `"replica": "-@all +psync +replconf +ping"` (with
-# masteruser/masterauth on the replicas). redis-py's RedisCluster also needs CLUSTER SLOTS,
-# CLUSTER SHARDS and READONLY, which are not @dangerous: `+@all` already allows them.
+# user. redis-py's RedisCluster also needs CLUSTER SLOTS, CLUSTER SHARDS, COMMAND and
+# READONLY, which are not @dangerous: `+@all` already allows them (and TIME, which the Lua
+# scripts call: commands run by a script are checked against the same rules).
 REDIS_ACL_RULES: dict[str, str] = {
     # The API: only its own keys (every key it writes starts with `sma:`), no pub/sub
     # channels, every command except the @dangerous ones (FLUSHALL, FLUSHDB, CONFIG, KEYS,
     # DEBUG, SHUTDOWN, ACL, MONITOR, REPLICAOF, MIGRATE, CLIENT KILL/LIST, SAVE, ...), plus
     # INFO (readiness reads its memory section) and CLIENT SETNAME (redis-py's client_name).
     REDIS_API_USER: "~sma:* resetchannels +@all -@dangerous +info +client|setname",
+}
+# The users a replicated topology (Redis Cluster, Sentinel) adds on every server, next to
+# REDIS_ACL_RULES; none of them is ever given to the API. ACLs are per server and never
+# replicated, so every server of a topology loads the same file.
+REDIS_REPLICA_USER = "replica"
+REDIS_SENTINEL_USER = "sentinel"
+REDIS_ADMIN_USER = "admin"
+REDIS_TOPOLOGY_ACL_RULES: dict[str, str] = {
+    # `masteruser` of every server (after a failover any of them may be a replica): what a
+    # replica sends its primary to stay in sync, nothing else, no key.
+    REDIS_REPLICA_USER: "resetchannels -@all +psync +replconf +ping",
+    # What the sentinels run on the servers they watch (Redis docs, "Redis Sentinel and ACL"):
+    # INFO and ROLE to watch, the hello channel to find each other, REPLICAOF and CONFIG
+    # REWRITE (in MULTI/EXEC) to fail over, CLIENT KILL to drop the old master's clients.
+    REDIS_SENTINEL_USER: "allchannels -@all +multi +slaveof +ping +exec +subscribe "
+    "+config|rewrite +role +publish +info +client|setname +client|kill +script|kill",
+    # Creating the cluster (CLUSTER ADDSLOTSRANGE, MEET, REPLICATE), health checks, and an
+    # operator's redis-cli: everything. Its password is kept apart from the API's.
+    REDIS_ADMIN_USER: "~* &* +@all",
 }
 # The memory cap of a local Redis unless REDIS_MAXMEMORY says otherwise. With noeviction a
 # full Redis refuses writes (the API answers 503) but still deletes: users and sessions are
@@ -82,13 +103,14 @@ _MEMORY = re.compile(r"[1-9][0-9]*(b|k|kb|m|mb|g|gb)?", re.IGNORECASE)
 REDIS_DEFAULT_USER = "user default off resetpass ~* +@all"
 
 
-def redis_acl(passwords: Mapping[str, str]) -> str:
-    """The ACL file: REDIS_DEFAULT_USER, then one line per user of REDIS_ACL_RULES with the
-    SHA-256 of its password, never the password."""
+def redis_acl(passwords: Mapping[str, str], rules: Mapping[str, str] = REDIS_ACL_RULES) -> str:
+    """The ACL file: REDIS_DEFAULT_USER, then one line per user of `rules` (REDIS_ACL_RULES,
+    or that and REDIS_TOPOLOGY_ACL_RULES) with the SHA-256 of its password, never the
+    password."""
     lines = [REDIS_DEFAULT_USER]
-    for user, rules in REDIS_ACL_RULES.items():
+    for user, user_rules in rules.items():
         digest = hashlib.sha256(passwords[user].encode()).hexdigest()
-        lines.append(f"user {user} on #{digest} {rules}")
+        lines.append(f"user {user} on #{digest} {user_rules}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,18 @@
 """Every Redis the project starts has the same posture: the API's ACL user (the rules of
 service/devserver.py, which `make run` and `make cluster` use directly), the default user
 off, no password on a command line, AOF, and a memory cap under the container's limit with
-noeviction. Compose and Kubernetes generate their ACL file with shell: those scripts are run
-here, against temporary paths, and must write exactly what `redis_acl` writes.
+noeviction; the Redis Cluster and Sentinel topologies (deploy/redis_topology.py and the
+Compose profiles redis-cluster and redis-sentinel) add the users of REDIS_TOPOLOGY_ACL_RULES.
+Compose and Kubernetes generate their ACL files with shell: those scripts are run here,
+against temporary paths, and must write exactly what `redis_acl` writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -20,11 +24,16 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with yamllint; no st
 
 from service.devserver import (
     REDIS_ACL_RULES,
+    REDIS_ADMIN_USER,
     REDIS_API_USER,
     REDIS_MAXMEMORY_DEFAULT,
+    REDIS_REPLICA_USER,
+    REDIS_SENTINEL_USER,
+    REDIS_TOPOLOGY_ACL_RULES,
     redis_acl,
     redis_config,
 )
+from tests.support.topologies import RedisCluster, RedisSentinel
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -80,9 +89,27 @@ def conf_directives(text: str) -> dict[str, str]:
 
 
 def test_the_api_is_the_only_user_everywhere() -> None:
-    """A new user (replication, Sentinel) goes into REDIS_ACL_RULES and into the Compose and
-    Kubernetes scripts; this test and the two below then need its rules too."""
+    """A new user goes into REDIS_ACL_RULES and into the Compose and Kubernetes scripts; this
+    test and the two below then need its rules too. Users only replicated topologies need
+    go into REDIS_TOPOLOGY_ACL_RULES (and the Compose profiles' ACL files)."""
     assert set(REDIS_ACL_RULES) == {REDIS_API_USER}
+    assert set(REDIS_TOPOLOGY_ACL_RULES) == {
+        REDIS_ADMIN_USER,
+        REDIS_REPLICA_USER,
+        REDIS_SENTINEL_USER,
+    }
+
+
+def test_topology_users_may_do_only_their_job() -> None:
+    """Replication and Sentinel users get no key and no command beyond their own; only the
+    operator's `admin` may do everything, and the API is never given it."""
+    replica = REDIS_TOPOLOGY_ACL_RULES[REDIS_REPLICA_USER].split()
+    assert "-@all" in replica
+    assert not any(rule.startswith(("~", "%", "+@")) for rule in replica)
+    sentinel = REDIS_TOPOLOGY_ACL_RULES[REDIS_SENTINEL_USER].split()
+    assert "-@all" in sentinel
+    assert not any(rule.startswith(("~", "%", "+@")) for rule in sentinel)
+    assert REDIS_ADMIN_USER not in REDIS_ACL_RULES
 
 
 # make run and make cluster: the configuration service/devserver.py writes.
@@ -131,6 +158,8 @@ def test_compose_secrets_init_writes_the_shipped_acl(
 ) -> None:
     init = compose["services"]["secrets-init"]
     assert init["environment"]["REDIS_API_ACL"] == REDIS_ACL_RULES[REDIS_API_USER]
+    for user, variable in TOPOLOGY_ACL_VARIABLES.items():
+        assert init["environment"][variable] == REDIS_TOPOLOGY_ACL_RULES[user]
     (script,) = init["command"]
     # Compose reads `$$` as a literal `$`; a lone `$` would be Compose's own interpolation.
     assert not re.search(r"(?<!\$)\$(?!\$)", script.replace("$$", "")), "unescaped $"
@@ -143,7 +172,7 @@ def test_compose_secrets_init_writes_the_shipped_acl(
     for directory in ("secrets/app", "secrets/redis", "data"):
         (tmp_path / directory).mkdir(parents=True)
     (tmp_path / "secrets/redis/redis.conf").write_text(f"requirepass {PASSWORD}\n")  # older
-    env = {"PATH": os.environ["PATH"], "REDIS_API_ACL": init["environment"]["REDIS_API_ACL"]}
+    env = {"PATH": os.environ["PATH"]} | init["environment"]
     run = ["sh", "-ec", "chown() { :; }\n" + script]  # uids 999/10001 need not exist here
 
     subprocess.run(run, env=env, check=True, capture_output=True, timeout=30)
@@ -157,8 +186,39 @@ def test_compose_secrets_init_writes_the_shipped_acl(
         assert stat.S_IMODE((redis_dir / name).stat().st_mode) == 0o400
     assert stat.S_IMODE((tmp_path / "secrets/app/redis_password").stat().st_mode) == 0o440
 
+    # The profiles redis-cluster and redis-sentinel: one ACL file each, with the users and
+    # rules of deploy/redis_topology.py's topologies, and what replication needs.
+    passwords = {REDIS_API_USER: password} | {
+        user: (redis_dir / f"{name}_password").read_text()
+        for user, name in (
+            (REDIS_ADMIN_USER, "admin"),
+            (REDIS_REPLICA_USER, "replica"),
+            (REDIS_SENTINEL_USER, "sentinel_user"),
+        )
+    }
+    for name, topology in (("cluster", RedisCluster), ("sentinel", RedisSentinel)):
+        rules = topology(dir=tmp_path).acl_rules()
+        users = {user: passwords[user] for user in rules}
+        assert (redis_dir / f"users-{name}.acl").read_text() == redis_acl(users, rules)
+    replica_password = passwords[REDIS_REPLICA_USER]
+    assert (redis_dir / "replication.conf").read_text() == (
+        f"masteruser {REDIS_REPLICA_USER}\nmasterauth {replica_password}\n"
+    )
+    sentinel_password = (tmp_path / "secrets/app/redis_sentinel_password").read_text()
+    assert (redis_dir / "sentinel_password").read_text() == sentinel_password
+    assert (redis_dir / "sentinel-auth.conf").read_text().splitlines() == [
+        f"sentinel auth-user mymaster {REDIS_SENTINEL_USER}",
+        f"sentinel auth-pass mymaster {passwords[REDIS_SENTINEL_USER]}",
+        f"requirepass {sentinel_password}",
+    ]
+    for name in ("users-cluster.acl", "users-sentinel.acl", "replication.conf",
+                 "sentinel-auth.conf", "sentinel_password"):  # fmt: skip
+        assert stat.S_IMODE((redis_dir / name).stat().st_mode) == 0o400, name
+    assert len({*passwords.values(), sentinel_password}) == 5  # one password per user
+
     subprocess.run(run, env=env, check=True, capture_output=True, timeout=30)  # a restart
     assert (tmp_path / "secrets/app/redis_password").read_text() == password
+    assert (tmp_path / "secrets/app/redis_sentinel_password").read_text() == sentinel_password
 
 
 def test_compose_redis_posture(compose: dict[str, Any]) -> None:
@@ -180,9 +240,111 @@ def test_compose_redis_posture(compose: dict[str, Any]) -> None:
     assert f"redis-cli --user {REDIS_API_USER} ping" in health
     assert "/run/redis/api_password" in health
 
-    url = urlsplit(services["api"]["environment"]["REDIS_URL"])
+    api = services["api"]["environment"]
+    assert api["REDIS_MODE"] == "${REDIS_MODE:-standalone}"
+    url = urlsplit(_default(api["REDIS_URL"]))
     assert (url.username, url.password) == (REDIS_API_USER, None)
-    assert services["api"]["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+    assert api["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+    assert api["REDIS_SENTINEL_PASSWORD_FILE"] == "/run/secrets/redis_sentinel_password"
+    assert redis["deploy"]["replicas"] == "${REDIS_STANDALONE_REPLICAS:-1}"
+
+
+# Docker Compose, profiles redis-cluster and redis-sentinel.
+
+TOPOLOGY_ACL_VARIABLES = {
+    REDIS_ADMIN_USER: "REDIS_ADMIN_ACL",
+    REDIS_REPLICA_USER: "REDIS_REPLICA_ACL",
+    REDIS_SENTINEL_USER: "REDIS_SENTINEL_ACL",
+}
+PROFILES = {"redis-cluster": "cluster", "redis-sentinel": "sentinel"}
+
+
+def _default(value: str) -> str:
+    """The default of a Compose `${VARIABLE:-default}`, or the value itself."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-(.*)\}", value)
+    return match[1] if match else value
+
+
+def _env_file(profile: str) -> dict[str, str]:
+    path = ROOT / "deploy" / "compose" / f"{profile}.env"
+    lines = [line for line in path.read_text().splitlines() if line and line[0] != "#"]
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_profile_env_files(profile: str) -> None:
+    env = _env_file(profile)
+    assert env["COMPOSE_PROFILES"] == profile
+    assert env["REDIS_MODE"] == PROFILES[profile]
+    assert env["REDIS_STANDALONE_REPLICAS"] == "0"
+    url = urlsplit(env["REDIS_URL"])
+    assert (url.username, url.password) == (REDIS_API_USER, None)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_topology_servers_posture(compose: dict[str, Any], profile: str) -> None:
+    """Every Redis server of a profile: the profile's ACL file (no password, no default
+    user), AOF, the memory cap under its limit with noeviction, non-root, read-only, no
+    capabilities, its password files mounted read-only, never a secret on its command line."""
+    acl = f"/run/redis/users-{PROFILES[profile]}.acl"
+    servers = {
+        name: service
+        for name, service in compose["services"].items()
+        if re.fullmatch(r"(redis-cluster|sentinel-redis)-\d", name)
+        and profile in service["profiles"]
+    }
+    assert len(servers) == (6 if profile == "redis-cluster" else 2)
+    for name, service in servers.items():
+        command = " ".join(service["command"])
+        flags = re.sub(r"\s+", " ", command.replace("\\\n", " "))
+        assert f"--aclfile {acl}" in flags, name
+        assert "--appendonly yes" in flags.replace('"yes"', "yes"), name
+        assert "--maxmemory-policy noeviction" in flags, name
+        maxmemory = re.search(r"--maxmemory (\w+)", flags)
+        assert maxmemory, name
+        limit = compose_bytes(service["deploy"]["resources"]["limits"]["memory"])
+        assert_sized_to(maxmemory[1], limit)
+        assert "replication.conf" in flags, name  # masteruser/masterauth, from a file
+        assert "requirepass" not in flags, name
+        assert "masterauth" not in flags, name
+        assert service["user"] == "999:999", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "redis-secrets:/run/redis:ro" in service["volumes"], name
+        assert service["healthcheck"]["test"] == compose["services"]["redis"]["healthcheck"]["test"]
+
+
+def test_compose_cluster_nodes_settings(compose: dict[str, Any]) -> None:
+    node = compose["services"]["redis-cluster-0"]["command"]
+    flags = dict(zip(node[2::2], node[3::2], strict=True))
+    assert flags["--cluster-node-timeout"] == "1000"
+    assert flags["--cluster-require-full-coverage"] == "no"
+    assert flags["--cluster-enabled"] == "yes"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_profile_resolves_as_documented(profile: str) -> None:
+    """`docker compose --env-file deploy/compose/<profile>.env config`: the profile's
+    services, the standalone Redis scaled to 0, the API in the profile's REDIS_MODE."""
+    docker = shutil.which("docker")
+    if (
+        docker is None
+        or subprocess.run([docker, "compose", "version"], capture_output=True).returncode
+    ):
+        pytest.skip("no docker CLI with the Compose plugin")
+    env_file = ROOT / "deploy" / "compose" / f"{profile}.env"
+    result = subprocess.run(
+        [docker, "compose", "--env-file", str(env_file), "config", "--format", "json"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "COMPOSE_"))},
+    )  # fmt: skip
+    services = json.loads(result.stdout)["services"]
+    assert services["redis"]["deploy"]["replicas"] == 0
+    api = services["api"]["environment"]
+    assert api["REDIS_MODE"] == PROFILES[profile]
+    assert api["REDIS_URL"] == _env_file(profile)["REDIS_URL"]
+    ours = {name for name, service in services.items() if profile in service.get("profiles", [])}
+    assert len(ours) == (8 if profile == "redis-cluster" else 6)
 
 
 # Kubernetes.
