@@ -1,5 +1,6 @@
 """The gate: one Redis round trip per request that checks the caller's token state and/or
-counts the request against a rate-limit policy, atomically (`lua/gate.lua`).
+counts the request against a rate-limit policy, atomically (`lua/gate.lua`). The calls of a
+worker's concurrent requests share their round trips (`AutoPipeline`).
 
 Time comes from Redis, so every instance shares one clock; the answer is a typed
 `GateDecision`, never a raw script reply.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from service.auth.tokens import TokenClaims
+from service.infra.autopipeline import AutoPipeline
 from service.infra.keys import client_tag, rate_key, session_key, user_key, user_tag
 from service.infra.redis import RedisClient, Scripts
 from service.rules.policies import CountedBy, Policy
@@ -42,6 +44,7 @@ class Gate:
     def __init__(self, redis: RedisClient, scripts: Scripts) -> None:
         self._redis = redis
         self._scripts = scripts
+        self._pipeline = AutoPipeline(redis)
 
     async def check_token(self, claims: TokenClaims) -> GateStatus:
         """Whether a verified token may still be used: not revoked, its user unchanged."""
@@ -86,7 +89,7 @@ class Gate:
             rate.window * 1000 if rate else 0,
             "1" if per_user else "0",
         ]
-        reply = await self._scripts.gate(keys=keys, args=args)
+        reply = await self._pipeline.run(self._scripts.gate, keys, args)
         status, limit, window_ms, remaining, reset_ms = (int(value) for value in reply)
         return GateDecision(GateStatus(status), limit, window_ms, remaining, reset_ms)
 
