@@ -249,17 +249,21 @@ class InferDecoder:
             if binary:
                 raise TensorError("binary data after the JSON header that no input declares")
             flat = _flat_numbers(tensor.data, n_rows, n_features)
-            with np.errstate(over="ignore"):
-                array = np.array(flat, dtype=dtype).reshape(n_rows, n_features)
-        rows = array.astype(np.float64)
-        if not np.isfinite(rows).all():
-            raise TensorError(
-                "inputs.0.data: values must be finite "
-                f"(no NaN, Infinity or values beyond {tensor.datatype})"
-            )
-        outside = (rows < self.low) | (rows > self.high)
-        if outside.any():
-            row, column = (int(i) for i in np.argwhere(outside)[0])
+            if dtype is np.float64:
+                array = np.array(flat, dtype=np.float64)
+            else:  # a value beyond FP32's range becomes infinite, refused below
+                with np.errstate(over="ignore"):
+                    array = np.array(flat, dtype=dtype)
+        rows = array.reshape(n_rows, n_features).astype(np.float64, copy=False)
+        # One pass for the common case: NaN fails both comparisons, infinities the bounds.
+        inside = (rows >= self.low) & (rows <= self.high)
+        if not inside.all():
+            if not np.isfinite(rows).all():
+                raise TensorError(
+                    "inputs.0.data: values must be finite "
+                    f"(no NaN, Infinity or values beyond {tensor.datatype})"
+                )
+            row, column = (int(i) for i in np.argwhere(~inside)[0])
             feature = self.features[column]
             raise TensorError(
                 f"inputs.0.data: {feature.name} must be between {feature.minimum:g} and "

@@ -17,13 +17,13 @@ counted. Bodies and shapes come from the manifest: input [-1, features], outputs
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
-from service.api.deps import CurrentUser, Principal, RuntimeDep, predict_user
+from service.api.deps import CurrentUser, PredictUser, RuntimeDep
 from service.api.routes.predict import predict_rows
 from service.api.schemas import example_row
 from service.api.v2_schemas import (
@@ -44,6 +44,7 @@ from service.api.v2_schemas import (
 )
 from service.infra.errors import OPEN_INFERENCE_PREFIX
 from service.ml.manifest import ModelManifest
+from service.runtime import Runtime
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -52,7 +53,6 @@ _DESCRIPTIONS = {
     "output) or malformed body",
     401: "Missing, invalid or expired token (WWW-Authenticate)",
     403: "The token lacks the 'predict' scope",
-    404: "No such model, or not this version",
     413: "Body over MAX_BODY_BYTES (refused before it is parsed)",
     429: "Rate limited (the PREDICT quota /predict shares): see Retry-After",
     503: "Redis unreachable: retry after Retry-After",
@@ -67,38 +67,92 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _unknown_model(manifest: ModelManifest) -> HTTPException:
-    # The name asked for is not repeated: no answer echoes what was sent.
-    return HTTPException(
-        status.HTTP_404_NOT_FOUND,
-        f"unknown model or version: this server serves {manifest.name} version {manifest.version}",
-    )
-
-
 def build_router(manifest: ModelManifest) -> APIRouter:
-    """The V2 routes for the model `manifest` describes."""
+    """The V2 routes for the model `manifest` describes.
+
+    The model's paths are literal (`/v2/models/iris-rf/infer`), so infer depends on exactly
+    what /predict depends on, and an unknown model or version matches only the templated
+    fallbacks added last: a 404 before any token check, never counted. Infer comes first:
+    the router tries routes in order."""
     router = APIRouter(prefix=OPEN_INFERENCE_PREFIX, tags=["open inference protocol (v2)"])
-    name = Annotated[str, Path(description="The model's name", examples=[manifest.name])]
-    version = Annotated[str, Path(description="Its version", examples=[manifest.version])]
-
-    # Dependencies declared before the token's: an unknown model is a 404 that is never
-    # counted. (Their parameter types are set below: they are known only at run time.)
-    async def served(model_name: str) -> None:
-        if model_name != manifest.name:
-            raise _unknown_model(manifest)
-
-    async def served_version(model_name: str, model_version: str) -> None:
-        if model_name != manifest.name or model_version != manifest.version:
-            raise _unknown_model(manifest)
-
-    served.__annotations__ |= {"model_name": name}
-    served_version.__annotations__ |= {"model_name": name, "model_version": version}
-    model = Depends(served)
-    model_version = Depends(served_version)
-
+    model = f"/models/{manifest.name}"
+    version = f"{model}/versions/{manifest.version}"
     decoder = InferDecoder(manifest)
     metadata = orjson.dumps(model_metadata(manifest).model_dump(exclude_none=True))
     ready = orjson.dumps(ModelReady(name=manifest.name, ready=True).model_dump())
+
+    async def infer(request: Request, runtime: Runtime) -> Response:
+        body = await request.body()
+        try:
+            decoded = decoder.decode(
+                body, request.headers.get(HEADER_LENGTH), runtime.settings.max_batch_size
+            )
+        except TensorError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        probabilities, winners = await predict_rows(runtime, decoded.rows)
+        outputs: list[dict[str, object]] = []
+        for output in decoded.outputs:
+            if output == LABEL:
+                outputs.append(
+                    {"name": LABEL, "datatype": "INT64", "shape": [len(winners)], "data": winners}
+                )
+            else:
+                outputs.append(
+                    {
+                        "name": PROBABILITIES,
+                        "datatype": "FP64",
+                        "shape": list(probabilities.shape),
+                        "data": probabilities.ravel(),
+                    }
+                )
+        payload: dict[str, object] = {
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "outputs": outputs,
+        }
+        if decoded.id is not None:
+            payload["id"] = decoded.id
+        return _json(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "description": (
+                "JSON, or (binary tensor extension, tritonclient's default) a JSON header of "
+                "`Inference-Header-Content-Length` bytes followed by each input's raw "
+                "little-endian bytes (`parameters.binary_data_size`); any Content-Type. "
+                f"One input [N, {manifest.n_features}] FP32 or FP64, N from 1 to "
+                "MAX_BATCH_SIZE. Outputs are always JSON."
+            ),
+            "content": {
+                "application/json": {
+                    "schema": _inline_schema(InferenceRequest),
+                    "example": infer_example(manifest, example_row(manifest)),
+                }
+            },
+        }
+    }
+    infer_errors = _errors(400, 401, 403, 413, 429, 503)
+
+    @router.post(
+        f"{model}/infer",
+        response_model=InferenceResponse,
+        summary="Infer",
+        responses=infer_errors,
+        openapi_extra=body_doc,
+    )
+    async def v2_infer(request: Request, _: PredictUser, runtime: RuntimeDep) -> Response:
+        return await infer(request, runtime)
+
+    @router.post(
+        f"{version}/infer",
+        response_model=InferenceResponse,
+        summary="Infer (this version)",
+        responses=infer_errors,
+        openapi_extra=body_doc,
+    )
+    async def v2_version_infer(request: Request, _: PredictUser, runtime: RuntimeDep) -> Response:
+        return await infer(request, runtime)
 
     @router.get("", response_model=ServerMetadata, summary="Server metadata")
     async def v2_server_metadata(request: Request) -> Response:
@@ -125,125 +179,40 @@ def build_router(manifest: ModelManifest) -> APIRouter:
             )
         return _json(b'{"ready":true}')
 
-    metadata_errors = _errors(401, 404, 503)
+    for path, summary in ((model, "Model metadata"), (version, "Model metadata (this version)")):
 
-    @router.get(
-        "/models/{model_name}",
-        response_model=ModelMetadata,
-        summary="Model metadata",
-        responses=metadata_errors,
-    )
-    async def v2_model_metadata(_: CurrentUser, __: None = model) -> Response:
-        return _json(metadata)
+        @router.get(
+            path, response_model=ModelMetadata, summary=summary, responses=_errors(401, 503)
+        )
+        async def v2_model_metadata(_: CurrentUser) -> Response:
+            return _json(metadata)
 
-    @router.get(
-        "/models/{model_name}/versions/{model_version}",
-        response_model=ModelMetadata,
-        summary="Model metadata (one version)",
-        responses=metadata_errors,
-    )
-    async def v2_model_version_metadata(_: CurrentUser, __: None = model_version) -> Response:
-        return _json(metadata)
+    for path, summary in ((model, "Model ready"), (version, "Model ready (this version)")):
 
-    @router.get(
-        "/models/{model_name}/ready",
-        response_model=ModelReady,
-        summary="Model ready",
-        responses=_errors(404),
-    )
-    async def v2_model_ready(_: None = model) -> Response:
-        """The model is loaded before the server answers anything: known means ready."""
-        return _json(ready)
+        @router.get(f"{path}/ready", response_model=ModelReady, summary=summary)
+        async def v2_model_ready() -> Response:
+            """The model is loaded before the server answers anything: served means ready."""
+            return _json(ready)
 
-    @router.get(
-        "/models/{model_name}/versions/{model_version}/ready",
-        response_model=ModelReady,
-        summary="Model ready (one version)",
-        responses=_errors(404),
-    )
-    async def v2_model_version_ready(_: None = model_version) -> Response:
-        return _json(ready)
+    async def unknown_model() -> Response:
+        # The name asked for is not repeated: no answer echoes what was sent.
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"unknown model or version: this server serves {manifest.name} "
+            f"version {manifest.version}",
+        )
 
-    async def infer(request: Request, runtime: RuntimeDep) -> Response:
-        body = await request.body()
-        try:
-            decoded = decoder.decode(
-                body, request.headers.get(HEADER_LENGTH), runtime.settings.max_batch_size
-            )
-        except TensorError as exc:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-        probabilities, winners = await predict_rows(runtime, decoded.rows)
-        n_rows = len(winners)
-        outputs: list[dict[str, object]] = []
-        for output in decoded.outputs:
-            if output == LABEL:
-                outputs.append(
-                    {"name": LABEL, "datatype": "INT64", "shape": [n_rows], "data": winners}
-                )
-            elif output == PROBABILITIES:
-                outputs.append(
-                    {
-                        "name": PROBABILITIES,
-                        "datatype": "FP64",
-                        "shape": list(probabilities.shape),
-                        "data": probabilities.ravel(),
-                    }
-                )
-        served_model = runtime.predictor.manifest
-        payload: dict[str, Any] = {
-            "model_name": served_model.name,
-            "model_version": served_model.version,
-            "outputs": outputs,
-        }
-        if decoded.id is not None:
-            payload["id"] = decoded.id
-        return _json(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
-
-    body_doc = {
-        "requestBody": {
-            "required": True,
-            "description": (
-                "JSON, or (binary tensor extension, tritonclient's default) a JSON header of "
-                "`Inference-Header-Content-Length` bytes followed by each input's raw "
-                "little-endian bytes (`parameters.binary_data_size`); any Content-Type. "
-                f"One input [N, {manifest.n_features}] FP32 or FP64, N from 1 to "
-                "MAX_BATCH_SIZE. Outputs are always JSON."
-            ),
-            "content": {
-                "application/json": {
-                    "schema": _inline_schema(InferenceRequest),
-                    "example": infer_example(manifest, example_row(manifest)),
-                }
-            },
-        }
-    }
-    infer_errors = _errors(400, 401, 403, 404, 413, 429, 503)
-    predict = Depends(predict_user)
-
-    @router.post(
-        "/models/{model_name}/infer",
-        response_model=InferenceResponse,
-        summary="Infer",
-        responses=infer_errors,
-        openapi_extra=body_doc,
-    )
-    async def v2_infer(
-        request: Request, runtime: RuntimeDep, _: None = model, __: Principal = predict
-    ) -> Response:
-        return await infer(request, runtime)
-
-    @router.post(
-        "/models/{model_name}/versions/{model_version}/infer",
-        response_model=InferenceResponse,
-        summary="Infer (one version)",
-        responses=infer_errors,
-        openapi_extra=body_doc,
-    )
-    async def v2_version_infer(
-        request: Request, runtime: RuntimeDep, _: None = model_version, __: Principal = predict
-    ) -> Response:
-        return await infer(request, runtime)
-
+    # Any other model or version: the same methods as above, so a wrong method on the served
+    # model's paths stays a 405.
+    for template, method in (
+        ("/models/{model_name}/infer", "POST"),
+        ("/models/{model_name}/versions/{model_version}/infer", "POST"),
+        ("/models/{model_name}", "GET"),
+        ("/models/{model_name}/versions/{model_version}", "GET"),
+        ("/models/{model_name}/ready", "GET"),
+        ("/models/{model_name}/versions/{model_version}/ready", "GET"),
+    ):
+        router.add_api_route(template, unknown_model, methods=[method], include_in_schema=False)
     return router
 
 
