@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from service.api.schemas import ModelInfo
 from service.ml.manifest import MODEL_FILE
 from service.ml.package import package, spec_from_arguments
 from service.ml.predictor import ForestPredictor, SklearnPredictor
@@ -83,6 +84,7 @@ async def test_the_app_serves_the_packaged_model(
     assert info["class_names"] == CULTIVARS
     assert info["metrics"] is None
     assert info["packaged_at"]
+    ModelInfo.model_validate(info)  # what the OpenAPI schema documents
     schema = (await client.get("/openapi.json")).json()["components"]["schemas"]
     data = schema["PredictRequest"]["properties"]["data"]
     assert data["minItems"] == data["maxItems"] == 13
