@@ -8,7 +8,13 @@ Request by request, in-process: tests/api/routes/test_v2.py.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +25,7 @@ from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
 from tests.support.auth import bearer, login_sync
-from tests.support.processes import GunicornProcess
+from tests.support.processes import REPO_ROOT, GunicornProcess
 from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME, USER_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -190,3 +196,50 @@ def test_errors_carry_the_servers_message(client: Any, auth: Auth, tokens: dict[
         "400",
         "outputs: this model answers label and probabilities, each at most once",
     )
+
+
+# The README's V2 snippets, run as written (the host and token given as a reader would).
+
+
+def _readme_v2(language: str) -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index("\n### Open Inference Protocol (V2)\n")
+    section = text[start : text.index("\n## ", start)]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_readme_tritonclient_snippet_runs(
+    http_server: GunicornProcess,
+    tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (snippet,) = _readme_v2("python")
+    monkeypatch.setenv("API_HOST", http_server.url.removeprefix("http://"))
+    monkeypatch.setenv("API_USERNAME", "triton-user")
+    monkeypatch.setenv("API_PASSWORD", USER_PASSWORD)
+    exec(compile(snippet, "README.md (tritonclient)", "exec"), {"__name__": "readme"})  # noqa: S102
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "True True"
+    assert "'shape': [-1, 4]" in lines[1]
+    assert lines[2] == "[0 2]"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_readme_curl_snippet_runs(
+    http_server: GunicornProcess, auth: Auth, tmp_path: Path
+) -> None:
+    (snippet,) = _readme_v2("sh")
+    script = snippet.replace("http://127.0.0.1:8000", http_server.url)
+    token = auth()["Authorization"].removeprefix("Bearer ")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, check=False, env={"PATH": os.environ["PATH"], "TOKEN": token},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = [line.removeprefix("# ") for line in snippet.splitlines() if line.startswith("# {")]
+    answers = done.stdout.replace("}{", "}\n{").splitlines()
+    assert answers[0] == expected[0]  # {"ready":true}
+    assert json.loads(answers[1])["name"] == MODEL
+    assert json.loads(answers[2])["outputs"] == json.loads(expected[1])["outputs"]
+    assert answers[3] == expected[2]
