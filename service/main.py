@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request, Response
 
 from service.api.docs import install_docs
 from service.api.oauth import oauth_error_response
-from service.api.routes import auth, meta, predict, sessions, users
+from service.api.routes import auth, meta, predict, sessions, users, v2
 from service.infra import metrics
 from service.infra.config import Settings, load_settings
 from service.infra.errors import install_error_handlers
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """
 {name}: predicts {classes} from {features}, for authenticated clients.
 
-Log in with **Authorize** (OAuth2 password flow), then call `POST /predict`.
+Log in with **Authorize** (OAuth2 password flow), then call `POST /predict`, or
+`POST /v2/models/{name}/infer` (the Open Inference Protocol, as tritonclient speaks it).
 """
 
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routing tries routes in order: the prediction routes, the hot path, come first.
     for router in (
         predict.build_router(manifest),
+        v2.build_router(manifest),
         meta.router,
         auth.router,
         users.router,

@@ -1,7 +1,8 @@
 """The API-side set-up of a run: a bench user whose rate limit cannot interfere, and its token.
 
 Done through the service's own endpoints (admin login, /users), against whichever
-deployment is being measured, and checked with one real POST /predict before wrk starts.
+deployment is being measured, and checked with one real POST /predict and one V2 infer before
+wrk starts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import secrets
 
 import httpx
 from errors import ToolError
-from scenarios import ROWS
+from scenarios import ROWS, V2_BODY
 
 BENCH_USER = "bench-user"
 # A per-user override far above anything wrk can send, with a short window so the sliding
@@ -47,9 +48,13 @@ def bench_token(url: str, admin: tuple[str, str]) -> str:
         if patched.status_code != 200:
             raise ToolError(f"rate override: {patched.status_code} {patched.text}")
         token = login(client, BENCH_USER, password)
-        probe = client.post(
-            "/predict", json={"data": ROWS[0]}, headers={"Authorization": f"Bearer {token}"}
-        )
-        if probe.status_code != 200:
-            raise ToolError(f"probe POST /predict: {probe.status_code} {probe.text}")
+        auth = {"Authorization": f"Bearer {token}"}
+        probes: list[tuple[str, object]] = [
+            ("/predict", {"data": ROWS[0]}),
+            ("/v2/models/iris-rf/infer", V2_BODY),
+        ]
+        for path, payload in probes:
+            probe = client.post(path, json=payload, headers=auth)
+            if probe.status_code != 200:
+                raise ToolError(f"probe POST {path}: {probe.status_code} {probe.text}")
         return token

@@ -3,10 +3,12 @@ own ceiling measured in the same run.
 
 Starts its own redis-server and gunicorn (production settings, 2 workers) on free ports,
 creates a bench user whose rate limit cannot interfere, and drives wrk (deploy/bench/
-bench.lua) over `GET /healthz` (the ceiling), `POST /predict` and `POST /predict/batch` with
-64 rows, at each connection count; then the same through `deploy/cluster.py` (nginx + 3
-instances) on free ports. Writes reports/bench.{json,md,png}; `--profile` also samples the
-workers with py-spy under `POST /predict` load (reports/profile.*).
+bench.lua) over `GET /healthz` (the ceiling), `POST /predict`, the same row through the Open
+Inference Protocol (`POST /v2/models/iris-rf/infer`, JSON FP32 [1, 4]) and `POST
+/predict/batch` with 64 rows, at each connection count; then the same through
+`deploy/cluster.py` (nginx + 3 instances) on free ports. Writes reports/bench.{json,md,png};
+`--profile` also samples the workers with py-spy under `POST /predict` load
+(reports/profile.*).
 
 Exit status: 0 when the measurement worked, even if a target is MISSED (it is a measurement);
 1 when the tool failed (a server did not start, wrk failed, or any request failed).

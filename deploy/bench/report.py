@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from scenarios import BATCH, CEILING, PREDICT, Result
+from scenarios import BATCH, CEILING, PREDICT, V2_INFER, Result
 
 
 @dataclass
@@ -79,6 +79,16 @@ def checks(results: list[Result]) -> list[Check]:
                     2.0, "x", False,
                 )
             )  # fmt: skip
+    for conns in (64, 16):
+        out.append(
+            Check(
+                f"V2 infer / POST /predict req/s @{conns}",
+                ratio(
+                    value("direct", V2_INFER, conns, "rps"), value("direct", PREDICT, conns, "rps")
+                ),
+                0.85, "ratio", True,
+            )
+        )  # fmt: skip
     for conns in (64, 16):
         out.append(
             Check(

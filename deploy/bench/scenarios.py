@@ -29,9 +29,20 @@ class Scenario:
     auth: bool
 
 
+# The Open Inference Protocol's infer with the same row, as a V2 client sends it in JSON.
+V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": ROWS[0]}]}
+
 SCENARIOS = (
     Scenario("ceiling GET /healthz", "GET", "/healthz", None, auth=False),
     Scenario("POST /predict", "POST", "/predict", json.dumps({"data": ROWS[0]}).encode(), True),
+    # Right after /predict, so the two are measured under the same machine load.
+    Scenario(
+        "POST /v2/models/iris-rf/infer",
+        "POST",
+        "/v2/models/iris-rf/infer",
+        json.dumps(V2_BODY).encode(),
+        True,
+    ),
     Scenario(
         "POST /predict/batch (64)",
         "POST",
@@ -40,7 +51,7 @@ SCENARIOS = (
         True,
     ),
 )
-CEILING, PREDICT, BATCH = (s.name for s in SCENARIOS)
+CEILING, PREDICT, V2_INFER, BATCH = (s.name for s in SCENARIOS)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def run_target(
         for scenario in SCENARIOS:
             result = measure(target, deployment, scenario, connections, args, token, work)
             print(
-                f"  {target:<6} {scenario.name:<26} c={connections:<3} "
+                f"  {target:<6} {scenario.name:<29} c={connections:<3} "
                 f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
                 f"p99 {result.p99_ms:7.2f} ms  errors {sum(result.errors.values())}",
                 flush=True,

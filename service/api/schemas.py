@@ -307,7 +307,8 @@ class NotReadyOut(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """The artifact's manifest, as trained."""
+    """The artifact's manifest: a trained model has `metrics` and `trained_at`, a packaged
+    one (`python -m service model package`) `packaged_at` and no metrics."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -317,5 +318,7 @@ class ModelInfo(BaseModel):
     features: list[Feature]
     feature_names: list[str]
     class_names: list[str]
-    metrics: dict[str, Any]
-    trained_at: datetime
+    estimator: str | None = None
+    metrics: dict[str, Any] | None = None
+    trained_at: datetime | None = None
+    packaged_at: datetime | None = None

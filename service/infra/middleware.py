@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.infra import metrics
 from service.infra.context import RequestContext, close_context, open_context
-from service.infra.errors import raised_by_redis, storage_unavailable
+from service.infra.errors import error_body, raised_by_redis, storage_unavailable
 from service.infra.logs import ACCESS_LOGGER
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -44,7 +44,7 @@ class BodySizeLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self._too_large = b'{"detail":"Request body too large: at most %d bytes"}' % max_bytes
+        self._too_large = f"Request body too large: at most {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -53,10 +53,10 @@ class BodySizeLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
-                    await _send_json(send, 400, b'{"detail":"Invalid Content-Length"}')
+                    await _send_error(send, scope, 400, "Invalid Content-Length")
                     return
                 if int(value) > self.max_bytes:
-                    await _send_json(send, 413, self._too_large)
+                    await _send_error(send, scope, 413, self._too_large)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -68,13 +68,17 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _send_json(send, 413, self._too_large)
+                await _send_error(send, scope, 413, self._too_large)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+async def _send_error(send: Send, scope: Scope, status: int, message: str) -> None:
+    await _send_json(send, status, orjson.dumps(error_body(scope, message)))
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
@@ -167,14 +171,14 @@ class ObservabilityMiddleware:
         except Exception as exc:
             if raised_by_redis(exc):
                 if not started:
-                    await storage_unavailable(exc)(scope, receive, send_with_headers)
+                    await storage_unavailable(exc, scope)(scope, receive, send_with_headers)
             else:
                 logger.exception("unhandled error in %s %s", scope["method"], _route(scope))
                 # Once the response has started, returning without finishing it makes the
                 # server close the connection: the client sees a broken response, not a
                 # false success.
                 if not started:
-                    await _send_internal_error(send_with_headers, request_id)
+                    await _send_internal_error(send_with_headers, scope, request_id)
         finally:
             metrics.HOT_PATH.in_flight -= 1
             self._finish(scope, context, status, time.perf_counter() - start)
@@ -220,6 +224,10 @@ def _route(scope: Scope) -> str:
     return path if isinstance(path, str) else metrics.UNMATCHED_ROUTE
 
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = orjson.dumps({"detail": "Internal server error", "request_id": request_id})
-    await _send_json(send, 500, body, close=False)
+async def _send_internal_error(send: Send, scope: Scope, request_id: str) -> None:
+    body = error_body(scope, "Internal server error")
+    if "error" in body:  # V2: one message string
+        body["error"] = f"Internal server error (request id {request_id})"
+    else:
+        body["request_id"] = request_id
+    await _send_json(send, 500, orjson.dumps(body), close=False)

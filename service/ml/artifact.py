@@ -3,14 +3,23 @@
 Unpickling runs arbitrary code, so ``load_model`` refuses to unpickle anything the
 manifest does not match byte for byte, or that a different scikit-learn wrote. The digest
 sits next to the pickle, so it catches corruption and a swapped pickle, not someone able to
-rewrite both files: the model directory must stay writable only by whoever trains.
+rewrite both files: the model directory must stay writable only by whoever trains or
+packages models, and a packaged pickle must come from someone you trust (packaging unpickles
+it too, to check it).
+
+Any fitted scikit-learn classifier with ``predict_proba`` and one column per class of the
+manifest is served: random and extra-trees forests by the exact numpy fast path, anything
+else through scikit-learn itself (`make_predictor`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +27,18 @@ import joblib
 import numpy as np
 import sklearn
 from pydantic import ValidationError
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
-from service.ml.predictor import ForestPredictor, Predictor
+from service.ml.predictor import ForestPredictor, Predictor, SklearnPredictor
 
 _CHUNK_BYTES = 1 << 20
+# Served by the exact numpy fast path: these classes exactly (a subclass may change
+# predict_proba), whose trees ForestPredictor evaluates as scikit-learn does.
+FAST_PATH_ESTIMATORS: tuple[type[Any], ...] = (RandomForestClassifier, ExtraTreesClassifier)
 
 
 class ArtifactError(Exception):
@@ -34,7 +49,10 @@ class ArtifactError(Exception):
 
 
 def _retrain(model_dir: Path) -> str:
-    return f"run `make model` or `python -m service.ml.train --out {model_dir}`"
+    return (
+        f"run `make model` or `python -m service.ml.train --out {model_dir}` "
+        f"(or `python -m service model package MODEL.joblib --out {model_dir}` for your own)"
+    )
 
 
 def read_manifest(model_dir: Path) -> ModelManifest:
@@ -54,11 +72,45 @@ def load_model(model_dir: Path) -> Predictor:
     estimator = _unpickle(model_dir / MODEL_FILE, payload, retrain)
     _check_estimator(model_dir / MODEL_FILE, estimator, manifest, retrain)
     try:
-        return ForestPredictor(manifest, estimator)
+        return make_predictor(manifest, estimator)
     except ValueError as exc:
         raise ArtifactError(
             f"model artifact {model_dir / MODEL_FILE} is unusable: {exc}: {retrain}"
         ) from exc
+
+
+def make_predictor(manifest: ModelManifest, estimator: Any) -> Predictor:
+    """The exact fast path for the forests it knows, scikit-learn itself for the rest."""
+    if type(estimator) in FAST_PATH_ESTIMATORS:
+        return ForestPredictor(manifest, estimator)
+    return SklearnPredictor(manifest, estimator)
+
+
+def write_artifact(out_dir: Path, payload: bytes, manifest: ModelManifest) -> None:
+    """Write the pickle and then its manifest into ``out_dir``, each atomically and
+    world-readable (the service may run as another user, e.g. in the image)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Model first: a reader racing us sees either the old pair or a digest mismatch, never
+    # a manifest vouching for bytes it has not seen.
+    _write_atomic(out_dir / MODEL_FILE, payload)
+    _write_atomic(out_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode() + b"\n")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes 0600 files; the service may run as another user (e.g. in the image).
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
 
 
 def _read_manifest(path: Path, retrain: str) -> ModelManifest:
@@ -118,24 +170,40 @@ def _unpickle(path: Path, payload: bytes, retrain: str) -> Any:
         raise ArtifactError(f"cannot unpickle model artifact {path}: {exc!r}: {retrain}") from exc
 
 
-def _check_estimator(path: Path, estimator: Any, manifest: ModelManifest, retrain: str) -> None:
-    if not isinstance(estimator, RandomForestClassifier) or not hasattr(estimator, "estimators_"):
-        raise ArtifactError(
-            f"model artifact {path} holds {type(estimator).__name__}, "
-            f"not a fitted RandomForestClassifier: {retrain}"
-        )
+def estimator_problems(estimator: Any) -> list[str]:
+    """Why ``estimator`` cannot be served whatever its manifest says (empty: it can be): it
+    must be a fitted scikit-learn classifier with `predict_proba` and one output."""
+    name = type(estimator).__name__
+    if not (isinstance(estimator, BaseEstimator) and is_classifier(estimator)):
+        return [f"{name}, not a scikit-learn classifier"]
+    if not hasattr(estimator, "predict_proba"):
+        return [f"{name} without predict_proba (e.g. SVC needs probability=True)"]
+    try:
+        check_is_fitted(estimator)
+    except (NotFittedError, TypeError):
+        return [f"an unfitted {name}"]
     problems = []
-    if estimator.n_features_in_ != len(manifest.features):
-        problems.append(
-            f"{estimator.n_features_in_} features but its manifest declares "
-            f"{len(manifest.features)}"
-        )
-    if estimator.n_outputs_ != 1:
+    if getattr(estimator, "n_outputs_", 1) != 1:
         problems.append(f"{estimator.n_outputs_} outputs instead of 1")
-    elif not np.array_equal(estimator.classes_, np.arange(len(manifest.class_names))):
-        problems.append(
-            f"classes {estimator.classes_.tolist()} do not match the manifest's "
-            f"{len(manifest.class_names)} class names"
-        )
+    classes = getattr(estimator, "classes_", None)
+    if classes is None or np.ndim(classes) != 1 or len(classes) < 2:
+        problems.append("no single list of at least two classes (classes_)")
+    return problems
+
+
+def _check_estimator(path: Path, estimator: Any, manifest: ModelManifest, retrain: str) -> None:
+    problems = estimator_problems(estimator)
+    if not problems:
+        n_features = getattr(estimator, "n_features_in_", None)
+        if n_features is not None and n_features != manifest.n_features:
+            problems.append(
+                f"{n_features} features but its manifest declares {manifest.n_features}"
+            )
+        # The manifest names the classes in `classes_` order, whatever their labels.
+        if len(estimator.classes_) != len(manifest.class_names):
+            problems.append(
+                f"{len(estimator.classes_)} classes but its manifest names "
+                f"{len(manifest.class_names)}"
+            )
     if problems:
-        raise ArtifactError(f"model artifact {path} has {'; '.join(problems)}: {retrain}")
+        raise ArtifactError(f"model artifact {path} holds {'; '.join(problems)}: {retrain}")

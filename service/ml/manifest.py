@@ -1,8 +1,13 @@
 """The model contract: what a model takes (features, with the bounds the API enforces),
 what it answers (classes), and the digest that pins the pickle it describes.
 
-A leaf module: the artifact loader, the predictors, training, the request schemas and the
-API's metadata all read the contract from here, so it is stated once, in `model.json`.
+A leaf module: the artifact loader, the predictors, training, packaging, the request schemas
+and the API's metadata (`/model`, `/v2/models/...`) all read the contract from here, so it
+is stated once, in `model.json`.
+
+A manifest comes from training (`python -m service.ml.train`: the Iris forest, with its
+held-out metrics and `trained_at`) or from packaging a model fitted elsewhere
+(`python -m service model package`: no metrics, `packaged_at`).
 """
 
 from __future__ import annotations
@@ -55,9 +60,13 @@ class ModelManifest(BaseModel):
     class_names: list[str] = Field(min_length=2)
     # A typical row, shown in the API's examples.
     example: list[float] | None = None
-    hyperparameters: dict[str, Any]
-    metrics: dict[str, float]
-    trained_at: AwareDatetime
+    # The estimator's class, `module.QualName` (older manifests lack it).
+    estimator: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    # Held-out scores: training records them; a packaged model has none.
+    metrics: dict[str, float] | None = None
+    trained_at: AwareDatetime | None = None
+    packaged_at: AwareDatetime | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -67,9 +76,10 @@ class ModelManifest(BaseModel):
     def _consistent(self) -> ModelManifest:
         if self.version != version_for(self.name, self.sha256):
             raise ValueError(f"version {self.version!r} does not match sha256 {self.sha256}")
-        missing = REQUIRED_METRICS - self.metrics.keys()
-        if missing:
+        if self.metrics is not None and (missing := REQUIRED_METRICS - self.metrics.keys()):
             raise ValueError(f"metrics lack {', '.join(sorted(missing))}")
+        if self.trained_at is None and self.packaged_at is None:
+            raise ValueError("neither trained_at nor packaged_at is set")
         if len(set(self.feature_names)) != len(self.features):
             raise ValueError("feature names repeat")
         if len(set(self.class_names)) != len(self.class_names):
@@ -78,6 +88,23 @@ class ModelManifest(BaseModel):
             raise ValueError("the example row does not have one value per feature")
         return self
 
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
     def describe(self) -> dict[str, Any]:
         """The manifest as `GET /model` shows it, with the plain name lists clients read."""
         return self.model_dump(mode="json") | {"feature_names": self.feature_names}
+
+
+_JSON_SCALARS = (bool, int, float, str)
+
+
+def scalar_hyperparameters(params: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a manifest records: those whose values are JSON scalars (an
+    estimator's `get_params(deep=False)`); nested estimators and arrays are left out."""
+    return {
+        key: value
+        for key, value in params.items()
+        if value is None or isinstance(value, _JSON_SCALARS)
+    }

@@ -1,13 +1,16 @@
 """Predictors: what turns rows of features into class probabilities.
 
 `Predictor` is what the API needs of a model. `ForestPredictor` serves a scikit-learn
-random forest exactly, without scikit-learn's per-call overhead:
+random forest or extra-trees forest exactly, without scikit-learn's per-call overhead;
+`SklearnPredictor` serves any other fitted classifier with ``predict_proba`` through
+scikit-learn itself (`service.ml.artifact.make_predictor` picks one).
 
-``RandomForestClassifier.predict_proba`` pays the joblib ``Parallel`` wrapper on every call,
-whatever the row count, which dwarfs the work for the few rows a request carries. Here the
-trees are packed once into flat arrays and evaluated for all trees x rows at once with numpy
-(figures: README, Performance; ``deploy/bench/model_bench.py`` measures both). For batches
-of thousands of rows sklearn's compiled loop wins again; the API caps batches far below.
+``RandomForestClassifier.predict_proba`` (``ExtraTreesClassifier``'s is the same code) pays
+the joblib ``Parallel`` wrapper on every call, whatever the row count, which dwarfs the work
+for the few rows a request carries. Here the trees are packed once into flat arrays and
+evaluated for all trees x rows at once with numpy (figures: README, Performance;
+``deploy/bench/model_bench.py`` measures both). For batches of thousands of rows sklearn's
+compiled loop wins again; the API caps batches far below.
 
 Node decisions are computed for every node in one pass (nodes are grouped by feature, so
 that is a few broadcast comparisons), turned into a per-row "next node" table, and then
@@ -26,6 +29,7 @@ anyway; the order matters for forests with mixed leaves, which the tests also co
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,13 +54,21 @@ class Predictor(Protocol):
     @property
     def class_names(self) -> tuple[str, ...]: ...
 
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a small input may be predicted on the event loop (it costs tens of µs);
+        otherwise every call goes to the thread pool."""
+        ...
+
     def predict_proba(self, X: FloatArray) -> FloatArray:
         """Class probabilities, one row per row of `X` (n, features), in manifest order."""
         ...
 
 
 class ForestPredictor:
-    """A fitted `RandomForestClassifier`, packed once into flat arrays (see module doc)."""
+    """A fitted `RandomForestClassifier` or `ExtraTreesClassifier`, packed once into flat
+    arrays (see module doc). Class columns are in the estimator's `classes_` order, which is
+    the manifest's `class_names` order."""
 
     __slots__ = (
         "_depth",
@@ -80,6 +92,10 @@ class ForestPredictor:
         self.class_names: tuple[str, ...] = tuple(manifest.class_names)
         self.n_features: int = len(manifest.feature_names)
         self._pack([tree.tree_ for tree in estimator.estimators_])
+
+    @property
+    def runs_inline(self) -> bool:
+        return True
 
     def _pack(self, trees: list[Any]) -> None:
         n_classes = len(self.class_names)
@@ -178,6 +194,52 @@ class ForestPredictor:
         leaf_values = self._values.take(cursor, axis=0)
         sums: FloatArray = np.add.reduce(leaf_values, axis=0)
         return sums
+
+
+class SklearnPredictor:
+    """Any other fitted scikit-learn classifier with ``predict_proba`` (a logistic
+    regression, a pipeline, gradient boosting, ...), served by scikit-learn itself.
+
+    Its per-call cost is scikit-learn's (input validation, sometimes joblib): from ~0.1 to
+    several ms, so the API runs every call in the thread pool (`runs_inline` is False).
+    Values are checked here (shape, finite) before scikit-learn sees them.
+    """
+
+    __slots__ = ("class_names", "estimator", "manifest", "n_features")
+
+    def __init__(self, manifest: ModelManifest, estimator: Any) -> None:
+        self.manifest = manifest
+        self.estimator = estimator
+        self.class_names: tuple[str, ...] = tuple(manifest.class_names)
+        self.n_features: int = manifest.n_features
+        if getattr(estimator, "feature_names_in_", None) is not None:
+            # Fitted on a DataFrame: it is given arrays in the manifest's column order
+            # (packaging checked the names), so scikit-learn's warning about them is noise.
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names", category=UserWarning
+            )
+
+    @property
+    def runs_inline(self) -> bool:
+        return False
+
+    def predict_proba(self, X: FloatArray) -> FloatArray:
+        """scikit-learn's `predict_proba` for rows of ``X`` (n, n_features), as float64."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected an array of shape (n, {self.n_features}), got {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("input contains NaN or infinity")
+        if X.shape[0] == 0:
+            return np.empty((0, len(self.class_names)), dtype=np.float64)
+        proba = np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
+        if proba.shape != (X.shape[0], len(self.class_names)):
+            raise ValueError(f"predict_proba answered shape {proba.shape} for {X.shape[0]} rows")
+        return proba
+
+    def predict_proba_reference(self, X: FloatArray) -> FloatArray:
+        """The same as `predict_proba`: scikit-learn is the reference."""
+        return self.predict_proba(X)
 
 
 def _frozen(array: npt.NDArray[Any]) -> npt.NDArray[Any]:

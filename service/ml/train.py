@@ -7,12 +7,9 @@ same pickle bytes, hence the same sha256 and model version.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
-import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +21,8 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
-from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, Feature, ModelManifest, version_for
+from service.ml.artifact import write_artifact
+from service.ml.manifest import Feature, ModelManifest, scalar_hyperparameters, version_for
 
 MODEL_NAME = "iris-rf"
 FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -33,7 +31,6 @@ CLASS_NAMES: tuple[str, ...] = ("setosa", "versicolor", "virginica")
 # any real flower, narrow enough to refuse garbage.
 FEATURE_RANGE_CM = (0.0, 100.0)
 TEST_SIZE = 0.25
-_JSON_SCALARS = (bool, int, float, str)
 
 
 def train(out_dir: Path, seed: int = 42) -> ModelManifest:
@@ -68,38 +65,14 @@ def train(out_dir: Path, seed: int = 42) -> ModelManifest:
         ],
         class_names=[str(name) for name in dataset.target_names],
         example=[float(value) for value in dataset.data[0]],
-        hyperparameters={
-            key: value
-            for key, value in estimator.get_params().items()
-            if value is None or isinstance(value, _JSON_SCALARS)
-        },
+        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+        hyperparameters=scalar_hyperparameters(estimator.get_params()),
         metrics={"accuracy": accuracy, "n_train": len(y_train), "n_test": len(y_test)},
         trained_at=datetime.now(UTC),
     )
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Model first: a reader racing us sees either the old pair or a digest mismatch, never
-    # a manifest vouching for bytes it has not seen.
-    _write_atomic(out_dir / MODEL_FILE, payload)
-    _write_atomic(out_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode() + b"\n")
+    write_artifact(Path(out_dir), payload, manifest)
     return manifest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes 0600 files; the service may run as another user (e.g. in the image).
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -110,10 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     args = parser.parse_args(argv)
     manifest = train(args.out, seed=args.seed)
-    print(
-        f"trained {manifest.version} accuracy={manifest.metrics['accuracy']:.4f} "
-        f"-> {args.out.resolve()}"
-    )
+    accuracy = (manifest.metrics or {})["accuracy"]
+    print(f"trained {manifest.version} accuracy={accuracy:.4f} -> {args.out.resolve()}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
-    assert len(report["results"]) == 6  # 3 scenarios x 2 connection counts
+    assert len(report["results"]) == 8  # 4 scenarios x 2 connection counts
     for result in report["results"]:
         assert result["requests"] > 0
         assert sum(result["errors"].values()) == 0, result
@@ -84,6 +84,8 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     assert {c["status"] for c in report["checks"]} <= {"PASS", "MISSED", "not measured"}
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| POST /predict |" in (out / "bench.md").read_text()
+    assert "| POST /v2/models/iris-rf/infer |" in (out / "bench.md").read_text()
+    assert "V2 infer / POST /predict req/s @64" in {c["name"] for c in report["checks"]}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
@@ -576,3 +577,92 @@ def test_the_body_limit_is_exact(
         headers={**admin_headers, "Content-Type": "application/json"},
     )
     assert response.status_code == (413 if extra > 0 else 422), response.text
+
+
+# ---------------------------------------------------------------------------------------
+# The Open Inference Protocol (V2): the batch's answers, and 200 or a 400 {"error"} for
+# anything else
+# ---------------------------------------------------------------------------------------
+
+V2_INFER = "/v2/models/iris-rf/infer"
+
+
+@given(
+    st.lists(valid_rows, min_size=1, max_size=8),
+    st.sampled_from(["FP32", "FP64"]),
+    st.booleans(),
+)
+@HTTP
+def test_v2_infer_answers_as_the_batch_does(
+    api: asgi.ASGIClient,
+    admin_headers: dict[str, str],
+    rows: list[list[float]],
+    datatype: str,
+    nested: bool,
+) -> None:
+    """FP32 data are the rows' float32 values: the forest compares in float32 anyway."""
+    batch = api.post("/predict/batch", json={"instances": rows}, headers=admin_headers).json()
+    values = [[float(np.float32(v)) for v in row] for row in rows] if datatype == "FP32" else rows
+    data: list[Any] = values if nested else [v for row in values for v in row]
+    tensor: dict[str, Any] = {"name": "x", "shape": [len(rows), 4], "datatype": datatype}
+    tensor["data"] = data
+    response = api.post(V2_INFER, json={"inputs": [tensor]}, headers=admin_headers)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    predictions = batch["predictions"]
+    assert outputs["label"] == [p["prediction"] for p in predictions]
+    names = list(predictions[0]["probabilities"])
+    expected = [p["probabilities"][name] for p in predictions for name in names]
+    assert outputs["probabilities"] == expected
+
+
+v2_bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {
+            "inputs": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": json_values,
+                        "shape": st.lists(st.integers(-1, 6), max_size=3) | json_values,
+                        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "BYTES"])
+                        | json_values,
+                    },
+                    optional={
+                        "data": st.lists(json_values | st.floats(), max_size=12),
+                        "parameters": json_values,
+                    },
+                ),
+                max_size=2,
+            )
+        },
+        optional={"outputs": json_values, "id": json_values, "parameters": json_values},
+    ),
+)
+
+
+@given(
+    v2_bodies.map(_dumps) | st.binary(max_size=512),
+    st.none() | st.integers(-1, 600).map(str) | st.text(alphabet="0123456789x -", max_size=5),
+    st.sampled_from(CONTENT_TYPES),
+)
+@HTTP
+def test_any_v2_infer_body_gets_200_or_a_400_error(
+    api: asgi.ASGIClient,
+    admin_headers: dict[str, str],
+    body: bytes,
+    header_length: str | None,
+    content_type: str | None,
+) -> None:
+    headers = dict(admin_headers)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = header_length
+    response = api.post(V2_INFER, data=body, headers=headers)
+    assert response.status_code in (200, 400), (body[:200], response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json"
+    if response.status_code == 400:
+        answer = response.json()
+        assert list(answer) == ["error"], answer
+        assert isinstance(answer["error"], str)

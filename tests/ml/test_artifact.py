@@ -15,12 +15,15 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
 from service.ml.artifact import ArtifactError, load_model
 from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, version_for
-from service.ml.predictor import ForestPredictor
+from service.ml.predictor import ForestPredictor, SklearnPredictor
 
 
 class _Payload:
@@ -99,13 +102,28 @@ def test_unparseable_manifest(artifact_copy: Path, content: bytes) -> None:
         {"sha256": "ABC"},
         {"metrics": {"accuracy": 1.0}},
         {"trained_at": "2024-01-01T00:00:00"},
+        {"trained_at": None},
         {"class_names": []},
     ],
-    ids=["extra-field", "version-not-from-sha", "bad-sha", "metrics", "naive-time", "classes"],
+    ids=[
+        "extra-field",
+        "version-not-from-sha",
+        "bad-sha",
+        "metrics",
+        "naive-time",
+        "no-time",
+        "classes",
+    ],
 )
 def test_invalid_manifest(artifact_copy: Path, changes: dict[str, Any]) -> None:
     _edit_manifest(artifact_copy, **changes)
     assert "invalid model manifest" in _refusal(artifact_copy)
+
+
+def test_a_manifest_without_metrics_is_valid(artifact_copy: Path) -> None:
+    """A packaged model has no held-out metrics: only training records them."""
+    _edit_manifest(artifact_copy, metrics=None)
+    assert load_model(artifact_copy).manifest.metrics is None
 
 
 def test_manifest_that_disagrees_with_the_model_on_features(artifact_copy: Path) -> None:
@@ -168,17 +186,22 @@ def _forest(X: Any, y: Any) -> RandomForestClassifier:
 
 _X, _Y = load_iris(return_X_y=True)
 WRONG_OBJECTS: dict[str, tuple[Callable[[], object], str]] = {
-    "dict": (lambda: {"not": "a model"}, "holds dict, not a fitted RandomForestClassifier"),
-    "other-model": (
-        lambda: LogisticRegression(max_iter=500).fit(_X, _Y),
-        "holds LogisticRegression",
+    "dict": (lambda: {"not": "a model"}, "holds dict, not a scikit-learn classifier"),
+    "regressor": (
+        lambda: RandomForestRegressor(n_estimators=2).fit(_X, _Y),
+        "holds RandomForestRegressor, not a scikit-learn classifier",
     ),
-    "unfitted": (RandomForestClassifier, "not a fitted RandomForestClassifier"),
+    "no-predict-proba": (lambda: SVC().fit(_X, _Y), "SVC without predict_proba"),
+    "unfitted": (RandomForestClassifier, "holds an unfitted RandomForestClassifier"),
+    "unfitted-other": (LogisticRegression, "holds an unfitted LogisticRegression"),
     "three-features": (lambda: _forest(_X[:, :3], _Y), "3 features but its manifest declares 4"),
-    "two-classes": (lambda: _forest(_X[_Y < 2], _Y[_Y < 2]), "classes [0, 1] do not match"),
-    "string-classes": (
-        lambda: _forest(_X, np.array(["setosa", "versicolor", "virginica"])[_Y]),
-        "do not match the manifest",
+    "two-classes": (
+        lambda: _forest(_X[_Y < 2], _Y[_Y < 2]),
+        "2 classes but its manifest names 3",
+    ),
+    "two-outputs": (
+        lambda: _forest(_X, np.stack([_Y, _Y], axis=1)),
+        "2 outputs instead of 1",
     ),
 }
 
@@ -188,6 +211,42 @@ def test_wrong_object_is_refused(artifact_copy: Path, case: str) -> None:
     build, expected = WRONG_OBJECTS[case]
     _replace_model(artifact_copy, _dumped(build()), update_manifest=True)
     assert expected in _refusal(artifact_copy)
+
+
+SERVED_OBJECTS: dict[str, tuple[Callable[[], object], type[object]]] = {
+    "extra-trees": (
+        lambda: ExtraTreesClassifier(n_estimators=5, random_state=0).fit(_X, _Y),
+        ForestPredictor,
+    ),
+    # Any labels: the manifest names the classes in classes_ order.
+    "string-classes": (
+        lambda: _forest(_X, np.array(["setosa", "versicolor", "virginica"])[_Y]),
+        ForestPredictor,
+    ),
+    "other-labels": (lambda: _forest(_X, _Y * 10 + 7), ForestPredictor),
+    "logistic-regression": (lambda: LogisticRegression(max_iter=500).fit(_X, _Y), SklearnPredictor),
+    "pipeline": (
+        lambda: make_pipeline(StandardScaler(), LogisticRegression()).fit(_X, _Y),
+        SklearnPredictor,
+    ),
+    # A subclass may change predict_proba: scikit-learn serves it, not the fast path.
+    "forest-subclass": (lambda: _ForestSubclass(n_estimators=3).fit(_X, _Y), SklearnPredictor),
+}
+
+
+class _ForestSubclass(RandomForestClassifier):  # type: ignore[misc]  # sklearn: no stubs
+    pass
+
+
+@pytest.mark.parametrize("case", sorted(SERVED_OBJECTS))
+def test_any_fitted_classifier_is_served(artifact_copy: Path, case: str) -> None:
+    build, kind = SERVED_OBJECTS[case]
+    estimator: Any = build()
+    _replace_model(artifact_copy, _dumped(estimator), update_manifest=True)
+    predictor = load_model(artifact_copy)
+    assert type(predictor) is kind
+    assert predictor.runs_inline is (kind is ForestPredictor)
+    np.testing.assert_array_equal(predictor.predict_proba(_X), estimator.predict_proba(_X))
 
 
 def test_corrupt_pickle_with_matching_digest(artifact_copy: Path) -> None:

@@ -1,4 +1,5 @@
-"""The fast path must give scikit-learn's answers exactly, including at split boundaries."""
+"""The fast path must give scikit-learn's answers exactly, including at split boundaries,
+for random forests and extra-trees forests alike."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from sklearn.datasets import load_iris
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.datasets import load_iris, load_wine
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
+from service.ml.manifest import Feature
 from service.ml.predictor import ForestPredictor
 
 FloatArray = npt.NDArray[np.float64]
@@ -160,3 +162,57 @@ def test_forests_with_mixed_leaves(predictor: ForestPredictor, params: dict[str,
     mixed = ForestPredictor(predictor.manifest, forest)
     rng = np.random.default_rng(5)
     _assert_matches_reference(mixed, np.concatenate([IRIS, rng.uniform(0, 8, size=(5_000, 4))]))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_estimators": 100},
+        {"n_estimators": 50, "max_depth": 3},
+        {"n_estimators": 31, "min_samples_leaf": 7},
+        {"n_estimators": 40, "bootstrap": True, "max_samples": 0.5},
+    ],
+    ids=["default", "shallow", "wide-leaves", "bootstrap"],
+)
+def test_extra_trees_match_sklearn(predictor: ForestPredictor, params: dict[str, Any]) -> None:
+    """ExtraTreesClassifier shares the forest's predict_proba; its random thresholds sit
+    anywhere between values, and its leaves are mixed once they are wide."""
+    X, y = load_iris(return_X_y=True)
+    forest = ExtraTreesClassifier(**{"random_state": 9, "n_jobs": 1, **params}).fit(X, y)
+    extra = ForestPredictor(predictor.manifest, forest)
+    rng = np.random.default_rng(9)
+    rows = np.concatenate([IRIS, rng.uniform(0, 8, size=(5_000, 4)), _threshold_rows(extra)])
+    _assert_matches_reference(extra, rows)
+    for row in IRIS[::15]:
+        _assert_matches_reference(extra, row[None, :])
+
+
+def test_forest_with_other_labels_keeps_the_classes_order(predictor: ForestPredictor) -> None:
+    """Columns follow classes_ (here sorted strings), which the manifest's names follow."""
+    X, y = load_iris(return_X_y=True)
+    labels = np.array(["virginica?", "a-setosa", "versicolor"])[y]
+    forest = ExtraTreesClassifier(n_estimators=20, random_state=1).fit(X, labels)
+    assert forest.classes_.tolist() == ["a-setosa", "versicolor", "virginica?"]
+    extra = ForestPredictor(predictor.manifest, forest)
+    _assert_matches_reference(extra, IRIS)
+    assert (
+        extra.predict_proba(IRIS).argmax(axis=1) == np.searchsorted(forest.classes_, labels)
+    ).mean() > 0.95
+
+
+def test_wine_extra_trees_match_sklearn(predictor: ForestPredictor) -> None:
+    """Thirteen features on scales from 0.1 to 1,680 (another dataset, another manifest)."""
+    wine = load_wine()
+    forest = ExtraTreesClassifier(n_estimators=60, random_state=3).fit(wine.data, wine.target)
+    manifest = predictor.manifest.model_copy(
+        update={
+            "features": [Feature(name=n, minimum=0, maximum=2000) for n in wine.feature_names],
+            "example": None,
+        }
+    )
+    extra = ForestPredictor(manifest, forest)
+    rng = np.random.default_rng(4)
+    low, high = wine.data.min(axis=0), wine.data.max(axis=0)
+    _assert_matches_reference(
+        extra, np.concatenate([wine.data, rng.uniform(low, high, (4_000, 13))])
+    )

@@ -55,6 +55,9 @@ def test_manifest_describes_the_written_artifact(
     assert manifest.hyperparameters["random_state"] == SEED
     assert manifest.hyperparameters["n_jobs"] == 1
     json.dumps(manifest.hyperparameters)
+    assert manifest.estimator == "sklearn.ensemble._forest.RandomForestClassifier"
+    assert manifest.trained_at is not None
+    assert manifest.packaged_at is None
     assert manifest.trained_at.utcoffset() == timedelta(0)
     assert datetime.now(UTC) - manifest.trained_at < timedelta(hours=1)
 
@@ -68,9 +71,11 @@ def test_class_and_feature_order_follow_the_dataset() -> None:
 
 
 def test_held_out_accuracy(manifest: ModelManifest) -> None:
-    assert manifest.metrics["accuracy"] >= 0.9
-    assert manifest.metrics["n_test"] == 38
-    assert manifest.metrics["n_train"] + manifest.metrics["n_test"] == 150
+    metrics = manifest.metrics
+    assert metrics is not None
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["n_test"] == 38
+    assert metrics["n_train"] + metrics["n_test"] == 150
 
 
 def test_output_is_complete_and_world_readable(artifact_dir: Path) -> None:

@@ -373,10 +373,11 @@ def test_a_throttled_login_is_an_error_the_clients_raise(limited_server: Gunicor
 
 
 def _readme(language: str) -> list[str]:
-    """The code blocks of one language in the README's "Clients" section."""
+    """The code blocks of one language in the README's "Clients" section, before its
+    subsections (the V2 one's run in tests/serving/test_v2_tritonclient.py)."""
     text = (REPO_ROOT / "README.md").read_text()
     start = text.index("\n## Clients\n")
-    section = text[start : text.index("\n## ", start + 1)]
+    section = text[start : text.index("\n## ", start + 1)].split("\n### ")[0]
     return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
 
 

@@ -28,15 +28,34 @@ from service.api.schemas import (
 )
 from service.infra.metrics import record_inference
 from service.ml.manifest import ModelManifest
-from service.ml.predictor import Predictor
+from service.ml.predictor import FloatArray
+from service.runtime import Runtime
 
 _PREDICT_ERRORS = ADMIN | BODY | LIMITED
 
 
-def _predictions(predictor: Predictor, rows: list[list[float]]) -> list[dict[str, object]]:
-    probabilities = predictor.predict_proba(np.asarray(rows, dtype=np.float64))
+async def predict_rows(runtime: Runtime, rows: FloatArray) -> tuple[FloatArray, list[int]]:
+    """Class probabilities and the winning class of each row: the one inference path of
+    every prediction route (/predict, /predict/batch, V2 infer).
+
+    Small inputs to the fast path run inline (less work than a thread hand-off costs); larger
+    batches, and any call into scikit-learn itself, go to the thread pool so the event loop
+    never waits on them."""
+    start = time.perf_counter()
+    predictor = runtime.predictor
+    if predictor.runs_inline and len(rows) <= runtime.settings.inline_inference_rows:
+        probabilities = predictor.predict_proba(rows)
+    else:
+        probabilities = await run_in_threadpool(predictor.predict_proba, rows)
+    winners: list[int] = probabilities.argmax(axis=1).tolist()
     labels = predictor.class_names
-    winners = probabilities.argmax(axis=1).tolist()
+    record_inference((labels[w] for w in winners), len(rows), time.perf_counter() - start)
+    return probabilities, winners
+
+
+async def _infer(runtime: Runtime, rows: list[list[float]]) -> list[dict[str, object]]:
+    probabilities, winners = await predict_rows(runtime, np.asarray(rows, dtype=np.float64))
+    labels = runtime.predictor.class_names
     return [
         {
             "prediction": winner,
@@ -45,18 +64,6 @@ def _predictions(predictor: Predictor, rows: list[list[float]]) -> list[dict[str
         }
         for winner, row in zip(winners, probabilities.tolist(), strict=True)
     ]
-
-
-async def _infer(runtime: RuntimeDep, rows: list[list[float]]) -> list[dict[str, object]]:
-    """Small inputs run inline (less work than a thread hand-off costs); larger batches go
-    to the thread pool so the event loop never waits on them."""
-    start = time.perf_counter()
-    if len(rows) <= runtime.settings.inline_inference_rows:
-        results = _predictions(runtime.predictor, rows)
-    else:
-        results = await run_in_threadpool(_predictions, runtime.predictor, rows)
-    record_inference((str(r["label"]) for r in results), len(rows), time.perf_counter() - start)
-    return results
 
 
 def _json(payload: dict[str, object]) -> Response:
