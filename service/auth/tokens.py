@@ -33,12 +33,14 @@ TokenUse = Literal["access", "refresh"]
 MAX_TOKEN_LENGTH = 4096
 LEEWAY_SECONDS = 5
 VERIFIED_CACHE_SIZE = 4096
-_REQUIRED = ("exp", "iat", "nbf", "iss", "aud", "sub", "jti")
 _SCOPE_NAMES = frozenset(scope.value for scope in Scope)
-# Time claims are required here but checked by `check_clock`, the one clock rule.
-_DECODE_OPTIONS = {f"require_{name}": True for name in _REQUIRED} | {
+# python-jose checks iss, aud, sub and jti. The time claims are not `require_`d from it: a
+# required claim turns python-jose's own whole-second check of it back on (with no leeway),
+# whatever `verify_` says. `_claims` requires them, and `check_clock` alone judges them.
+_DECODE_OPTIONS = {f"require_{name}": True for name in ("iss", "aud", "sub", "jti")} | {
     "verify_exp": False,
     "verify_nbf": False,
+    "verify_iat": False,
 }
 
 

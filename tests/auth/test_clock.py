@@ -5,6 +5,7 @@ last moment the rule could take any token of its session."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, tzinfo
 from typing import Any
 
 import httpx
@@ -39,25 +40,42 @@ def test_the_leeway_is_at_most_five_seconds() -> None:
     assert 0 < LEEWAY_SECONDS <= 5
 
 
+def _clocks_at(monkeypatch: pytest.MonkeyPatch, moment: float) -> None:
+    """Both clocks a decode could read at `moment`: `time.time` (the clock rule's) and
+    python-jose's `datetime.now` (its own whole-second checks, which must stay off)."""
+
+    class _At(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return datetime.fromtimestamp(moment, tz)
+
+    monkeypatch.setattr("service.auth.tokens.time.time", lambda: moment)
+    monkeypatch.setattr("jose.jwt.datetime", _At)
+
+
 @pytest.mark.parametrize("cached", [False, True], ids=["first-decode", "cache-hit"])
 def test_expiry_holds_to_the_fraction_of_a_second(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, cached: bool
 ) -> None:
-    service = TokenService(settings)
-    token, claims = _token(service)
+    """Every moment is judged by a worker that cached the token, or by one that never saw it
+    (a fresh service each time)."""
+    issuer = TokenService(settings)
+    token, claims = _token(issuer)
     if cached:
-        service.decode(token, "access")
-    else:
-        service = TokenService(settings)  # a fresh worker: nothing cached
+        issuer.decode(token, "access")
+
+    def worker() -> TokenService:
+        return issuer if cached else TokenService(settings)
+
     last = accepted_until(claims["exp"])
     assert last == claims["exp"] + LEEWAY_SECONDS
-    monkeypatch.setattr("service.auth.tokens.time.time", lambda: last)
-    assert service.decode(token, "access").subject == "alice"
+    _clocks_at(monkeypatch, last)
+    assert worker().decode(token, "access").subject == "alice"
     # python-jose alone compares whole seconds and would still take it until just under +1 s.
     for late in (0.001, 0.1, 0.5, 0.999):
-        monkeypatch.setattr("service.auth.tokens.time.time", lambda late=late: last + late)
+        _clocks_at(monkeypatch, last + late)
         with pytest.raises(InvalidTokenError, match="expired"):
-            service.decode(token, "access")
+            worker().decode(token, "access")
 
 
 def test_not_before_holds_to_the_fraction_of_a_second(
@@ -65,10 +83,23 @@ def test_not_before_holds_to_the_fraction_of_a_second(
 ) -> None:
     token, claims = _token(TokenService(settings))
     first = claims["nbf"] - LEEWAY_SECONDS
-    monkeypatch.setattr("service.auth.tokens.time.time", lambda: first - 0.001)
+    _clocks_at(monkeypatch, first - 0.001)
     with pytest.raises(InvalidTokenError, match="invalid"):
         TokenService(settings).decode(token, "access")
-    monkeypatch.setattr("service.auth.tokens.time.time", lambda: first)
+    _clocks_at(monkeypatch, first)
+    assert TokenService(settings).decode(token, "access").subject == "alice"
+
+
+@pytest.mark.parametrize("skew", [-2.0, 2.0], ids=["clock-behind", "clock-ahead"])
+def test_instances_whose_clocks_differ_within_the_leeway_take_each_others_tokens(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """A token minted on an instance whose clock is `skew` seconds off, verified at once by
+    a worker that never saw it: the leeway covers the difference."""
+    token, claims = _token(TokenService(settings))
+    _clocks_at(monkeypatch, claims["iat"] - skew)
+    assert TokenService(settings).decode(token, "access").subject == "alice"
+    _clocks_at(monkeypatch, claims["exp"] + LEEWAY_SECONDS - 0.5)
     assert TokenService(settings).decode(token, "access").subject == "alice"
 
 

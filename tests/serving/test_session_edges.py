@@ -99,6 +99,41 @@ def test_a_logged_out_access_token_is_refused_across_the_clock_edge(
     assert set(codes) == {401}, codes
 
 
+def _first_presented(call: str, url: str, token: str, until: float) -> list[int]:
+    """Present `token` until `until`, on a new connection each time, so that a worker that
+    never verified (nor cached) the token gets it too."""
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as fresh:
+        return _hammer(fresh, call, url, token, until)
+
+
+def test_a_rotated_refresh_token_first_replayed_past_the_edge_is_refused(
+    short_lived: GunicornProcess, http: httpx.Client
+) -> None:
+    """Finding 1 as found: the replay came only after the edge, to a worker meeting the
+    token for the first time, once the used-token marker had expired."""
+    url = short_lived.url
+    old = login_sync(http, ADMIN_USERNAME, ADMIN_PASSWORD, base=url)["refresh_token"]
+    assert http.post(f"{url}/token/refresh", json={"refresh_token": old}).status_code == 200
+    exp = jwt.get_unverified_claims(old)["exp"]
+    _until(exp + LEEWAY_SECONDS + 0.05)
+    codes = _first_presented("refresh", url, old, until=exp + LEEWAY_SECONDS + 1.5)
+    assert len(codes) > 20
+    assert set(codes) == {400}, codes  # invalid_grant
+
+
+def test_a_logged_out_access_token_first_presented_past_the_edge_is_refused(
+    short_lived: GunicornProcess, http: httpx.Client
+) -> None:
+    url = short_lived.url
+    access = login_sync(http, ADMIN_USERNAME, ADMIN_PASSWORD, base=url)["access_token"]
+    assert http.post(f"{url}/logout", headers=bearer(access)).status_code == 204
+    exp = jwt.get_unverified_claims(access)["exp"]
+    _until(exp + LEEWAY_SECONDS + 0.05)
+    codes = _first_presented("me", url, access, until=exp + LEEWAY_SECONDS + 1.5)
+    assert len(codes) > 20
+    assert set(codes) == {401}, codes
+
+
 def _victim(url: str, http: httpx.Client, name: str) -> None:
     admin = login_sync(http, ADMIN_USERNAME, ADMIN_PASSWORD, base=url)
     body = {"username": name, "password": VICTIM_PASSWORD, "scopes": ["predict"]}
