@@ -110,8 +110,10 @@ def test_capacity_tables_and_counter_growth(
         assert (_number(rows[kind][1]), _number(rows[kind][3])) == (count, extra), kind
         assert _number(rows[kind][2]) > 0, kind
     # A second session: one more session hash of the first one's size, and one more member
-    # in the session index; nothing else.
-    assert _number(rows["session hash"][4]) == _number(rows["session hash"][2])
+    # in the session index; nothing else. (A session hash is hashtable-encoded, its
+    # User-Agent being over 64 bytes; its MEMORY USAGE was seen to differ by 32 bytes from
+    # one run to another, never within one: the tolerance.)
+    assert abs(_number(rows["session hash"][4]) - _number(rows["session hash"][2])) <= 32
     assert _number(rows["session index"][4]) > 0
     assert _number(rows["total, lasting keys (MEMORY USAGE)"][1]) == 4
     assert _number(rows["total, lasting keys (MEMORY USAGE)"][3]) == 1
