@@ -14,7 +14,7 @@ SPAWN_RATE ?= 10
 DURATION ?= 60s
 P99_BUDGET_MS ?= 250
 
-.PHONY: install run test lint fmt model cluster cluster-down loadtest bench fuzz clean \
+.PHONY: install run test lint fmt model cluster cluster-down loadtest bench capacity fuzz clean \
 	packages-run packages-test
 
 install: $(STAMP)
@@ -69,6 +69,12 @@ loadtest: install
 
 bench: install model
 	$(PY) deploy/bench/bench.py
+
+# Redis keys and bytes per active user and session, and the rate-limit state before/after
+# GCRA (deploy/bench/capacity.py: 1,000 users unless USERS= is given on the command line).
+capacity: install model
+	$(PY) deploy/bench/capacity.py --model-dir $(MODEL_DIR) --json reports/capacity.json \
+		$(if $(filter command line environment,$(origin USERS)),--users $(USERS))
 
 fuzz: install
 	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/fuzz -p no:cacheprovider
