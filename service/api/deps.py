@@ -2,7 +2,7 @@
 
 Token checks are split so that the hot path pays one Redis round trip: decoding and scope
 checks are pure CPU; the token's state is then checked by the gate either alone
-(`CurrentUser`) or inside the per-user rate count (`PredictUser`).
+(`CurrentUser`) or inside the per-user rate count (`PredictAccess`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,20 @@ oauth2_scheme = OAuth2PasswordBearer(
 
 # Every dependency is `async def`: FastAPI runs a plain `def` one in the thread pool, which
 # cost a thread hand-off per request (a third of the worker's CPU on the prediction path).
+# The token dependencies below take the request and the bearer token and nothing else:
+# FastAPI solves every node of a dependency tree on every request (a cached node too), so a
+# chain of small dependencies costs more than the work they do.
 async def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+    return _runtime(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +57,16 @@ class Principal:
     claims: TokenClaims
 
 
-async def access_claims(
-    runtime: RuntimeDep, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> TokenClaims:
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A caller admitted to predict (token valid, request counted), and the runtime that
+    serves it."""
+
+    principal: Principal
+    runtime: Runtime
+
+
+def _access_claims(runtime: Runtime, token: str | None) -> TokenClaims:
     """Verify the bearer token offline (signature, claims, use); no Redis yet."""
     context = request_context()
     if token is None:
@@ -66,10 +81,7 @@ async def access_claims(
     return claims
 
 
-AccessClaims = Annotated[TokenClaims, Depends(access_claims)]
-
-
-async def current_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
+async def _admitted(runtime: Runtime, claims: TokenClaims) -> Principal:
     """A token that is valid now: not revoked, its user present, enabled and unchanged."""
     state = await runtime.gate.check_token(claims)
     if state is not GateStatus.ADMITTED:
@@ -77,13 +89,18 @@ async def current_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
     return Principal(claims.subject, claims.scopes, claims)
 
 
+async def current_user(request: Request, token: BearerToken) -> Principal:
+    runtime = _runtime(request)
+    return await _admitted(runtime, _access_claims(runtime, token))
+
+
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
-async def admin_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
+async def admin_user(request: Request, token: BearerToken) -> Principal:
     """A revoked token is a 401 whatever its scopes; only a valid one can be a 403."""
-    principal = await current_user(claims, runtime)
-    if Scope.ADMIN not in claims.scopes:
+    principal = await current_user(request, token)
+    if Scope.ADMIN not in principal.scopes:
         raise insufficient_scope(Scope.ADMIN)
     return principal
 
@@ -91,26 +108,26 @@ async def admin_user(claims: AccessClaims, runtime: RuntimeDep) -> Principal:
 AdminUser = Annotated[Principal, Depends(admin_user)]
 
 
-async def predict_user(
-    request: Request, response: Response, claims: AccessClaims, runtime: RuntimeDep
-) -> Principal:
+async def admit_prediction(request: Request, response: Response, token: BearerToken) -> Admission:
     """Token state and the per-user rate limit in one Redis round trip. Without the scope,
     the state is checked alone (a revoked token is a 401, not a 403) and nothing is counted."""
+    runtime = _runtime(request)
+    claims = _access_claims(runtime, token)
     if Scope.PREDICT not in claims.scopes:
-        await current_user(claims, runtime)
+        await _admitted(runtime, claims)
         raise insufficient_scope(Scope.PREDICT)
     await runtime.limits[PREDICT](request, response, claims)
-    return Principal(claims.subject, claims.scopes, claims)
+    return Admission(Principal(claims.subject, claims.scopes, claims), runtime)
 
 
-PredictUser = Annotated[Principal, Depends(predict_user)]
+PredictAccess = Annotated[Admission, Depends(admit_prediction)]
 
 
-def rate_limit(policy: Policy) -> Callable[[Request, Response, Runtime], Awaitable[None]]:
+def rate_limit(policy: Policy) -> Callable[[Request, Response], Awaitable[None]]:
     """The dependency that counts a request against `policy`:
     `dependencies=[Depends(rate_limit(PUBLIC))]`."""
 
-    async def count(request: Request, response: Response, runtime: RuntimeDep) -> None:
-        await runtime.limits[policy](request, response)
+    async def count(request: Request, response: Response) -> None:
+        await _runtime(request).limits[policy](request, response)
 
     return count

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import CurrentUser, PredictUser, RuntimeDep
+from service.api.deps import CurrentUser, PredictAccess, RuntimeDep
 from service.api.responses import ADMIN, AUTHENTICATED, BODY, LIMITED
 from service.api.schemas import (
     BatchPredictResponse,
@@ -103,14 +103,16 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         responses=_PREDICT_ERRORS | _response_example(manifest),
     )
     @_annotate(body=schemas.request)
-    async def predict(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
+    async def predict(body: Any, admitted: PredictAccess) -> Response:
+        runtime = admitted.runtime
         (result,) = await _infer(runtime, [body.data])
         result["model_version"] = runtime.predictor.manifest.version
         return _json(result)
 
     @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_PREDICT_ERRORS)
     @_annotate(body=schemas.batch_request)
-    async def predict_batch(body: Any, _: PredictUser, runtime: RuntimeDep) -> Response:
+    async def predict_batch(body: Any, admitted: PredictAccess) -> Response:
+        runtime = admitted.runtime
         limit = runtime.settings.max_batch_size
         if len(body.instances) > limit:
             raise RequestValidationError(

@@ -23,7 +23,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
-from service.api.deps import CurrentUser, PredictUser, RuntimeDep
+from service.api.deps import CurrentUser, PredictAccess, RuntimeDep
 from service.api.routes.predict import predict_rows
 from service.api.schemas import example_row
 from service.api.v2_schemas import (
@@ -141,8 +141,8 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         responses=infer_errors,
         openapi_extra=body_doc,
     )
-    async def v2_infer(request: Request, _: PredictUser, runtime: RuntimeDep) -> Response:
-        return await infer(request, runtime)
+    async def v2_infer(request: Request, admitted: PredictAccess) -> Response:
+        return await infer(request, admitted.runtime)
 
     @router.post(
         f"{version}/infer",
@@ -151,8 +151,8 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         responses=infer_errors,
         openapi_extra=body_doc,
     )
-    async def v2_version_infer(request: Request, _: PredictUser, runtime: RuntimeDep) -> Response:
-        return await infer(request, runtime)
+    async def v2_version_infer(request: Request, admitted: PredictAccess) -> Response:
+        return await infer(request, admitted.runtime)
 
     @router.get("", response_model=ServerMetadata, summary="Server metadata")
     async def v2_server_metadata(request: Request) -> Response:
