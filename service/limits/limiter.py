@@ -19,8 +19,6 @@ import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from inspect import isawaitable
-from typing import Any
 
 from fastapi import HTTPException, Request, Response, status
 from fastapi_limiter.depends import RateLimiter
@@ -204,7 +202,7 @@ class GateBucketFactory(BucketFactory):
     def wrap_item(self, name: str, weight: int = 1) -> RateItem:
         return RateItem(name, 0, weight=weight)
 
-    def get(self, item: RateItem) -> AbstractBucket:
+    def get(self, item: RateItem) -> GateBucket:
         # fastapi-limiter appends ":<route index>:<dependency index>" to the identifier;
         # the policy, not the route, names the counter, so routes of a policy share a quota.
         identity = item.name.rsplit(":", 2)[0]
@@ -212,7 +210,18 @@ class GateBucketFactory(BucketFactory):
 
 
 class LockFreeLimiter(Limiter):
-    """pyrate-limiter's Limiter without the per-loop asyncio lock (see module docstring)."""
+    """pyrate-limiter's Limiter for a non-blocking async bucket, without the per-loop asyncio
+    lock (see module docstring).
+
+    An acquire is what `Limiter.try_acquire` does for such a bucket: wrap the item, route it
+    to its key's bucket, put it. The rest of that method (its thread lock, deadlines, the
+    delay loop that blocking waits use) never applies here, and cost about 25 µs of a
+    worker's CPU per request in the profile of `POST /predict`.
+    """
+
+    def __init__(self, buckets: GateBucketFactory) -> None:
+        super().__init__(buckets)
+        self._buckets = buckets
 
     async def try_acquire_async(
         self,
@@ -221,10 +230,10 @@ class LockFreeLimiter(Limiter):
         blocking: bool = False,
         timeout: float = -1,  # noqa: ASYNC109 - the overridden signature; never blocks
     ) -> bool:
-        result: Any = self.try_acquire(name, weight, blocking=False)
-        if isawaitable(result):
-            result = await result
-        return bool(result)
+        if blocking:
+            raise ValueError("a gate bucket never blocks: it answers at once")
+        item = self._buckets.wrap_item(name, weight)
+        return await self._buckets.get(item).put(item)
 
 
 async def _reject(request: Request, response: Response) -> None:
