@@ -41,7 +41,9 @@ from dotenv import dotenv_values
 from service.cli import RecordedRedis, recorded_redis
 from service.devserver import (
     REDIS_API_USER,
+    command_line,
     ensure_env_file,
+    pid_alive,
     redis_acl,
     redis_config,
     redis_maxmemory,
@@ -130,33 +132,13 @@ def _binary(name: str, install_hint: str) -> str:
     return found
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:  # no /proc (macOS), or no such process
-        ps = ["ps", "-o", "command=", "-p", str(pid)]
-        return subprocess.run(ps, capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return ""
-
-
 def _running_honcho(layout: Layout) -> int | None:
     """The pid of this cluster's honcho if it still runs (a recycled pid does not count)."""
     try:
         pid = int(layout.pidfile.read_text())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) and "honcho" in _cmdline(pid) else None
+    return pid if pid_alive(pid) and "honcho" in command_line(pid) else None
 
 
 def _app_env(env_file: Path) -> dict[str, str]:
@@ -440,7 +422,7 @@ def _stop_group(pgid: int, layout: Layout) -> None:
     A group outlives its leader only with its own members, and a live leader must still be
     our shell (its command line names our directory): a recycled number is left alone.
     """
-    if _pid_alive(pgid) and str(layout.dir) not in _cmdline(pgid):
+    if pid_alive(pgid) and str(layout.dir) not in command_line(pgid):
         return
     for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
         try:
@@ -468,14 +450,14 @@ def down(args: argparse.Namespace) -> int:
         # honcho forwards SIGTERM to every process group and waits for them.
         os.kill(honcho, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while _pid_alive(honcho) and time.monotonic() < deadline:
+        while pid_alive(honcho) and time.monotonic() < deadline:
             time.sleep(0.1)
     # Whatever survived honcho (or a honcho that died first) is stopped group by group.
     for pgid_file in sorted(layout.pgid_dir.glob("*")):
         with contextlib.suppress(ValueError, OSError):
             _stop_group(int(pgid_file.read_text()), layout)
         pgid_file.unlink(missing_ok=True)
-    if honcho is not None and _pid_alive(honcho):
+    if honcho is not None and pid_alive(honcho):
         os.kill(honcho, signal.SIGKILL)
     layout.pidfile.unlink(missing_ok=True)
     # REDIS_MODE=cluster|sentinel: the topology's nodes, by the PIDs it recorded.

@@ -216,7 +216,7 @@ def _free_port() -> int:
         return port
 
 
-def _cmdline(pid: int) -> str:
+def command_line(pid: int) -> str:
     """The command line of `pid` ("" when it cannot be read)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -232,7 +232,8 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -243,7 +244,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _describe(pid: int) -> str:
-    command = _cmdline(pid)
+    command = command_line(pid)
     return f"pid {pid}" + (f" ({command})" if command else "")
 
 
@@ -333,7 +334,7 @@ def data_dir_user(data_dir: Path) -> str | None:
         pid = int((data_dir / REDIS_PIDFILE.name).read_text().strip())
     except (OSError, ValueError):
         pid = 0
-    if pid > 0 and _pid_alive(pid) and "redis" in _cmdline(pid):
+    if pid > 0 and pid_alive(pid) and "redis" in command_line(pid):
         return _describe(pid)
     wanted = data_dir.resolve()
     for proc in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
