@@ -63,8 +63,14 @@ def mlserver_pins() -> list[str]:
     ]
 
 
+class PeerUnavailable(ToolError):
+    """A peer could not be installed (e.g. PyPI unreachable): bench.py says so and goes on
+    without it, unlike every other ToolError."""
+
+
 def ensure_mlserver(venv: Path = MLSERVER_VENV) -> Path:
-    """MLServer's own venv with the pins installed (created once, reused); its `mlserver`."""
+    """MLServer's own venv with the pins installed (created once, reused); its `mlserver`.
+    Raises PeerUnavailable when the install fails."""
     pins = mlserver_pins()
     binary = venv / "bin" / "mlserver"
     stamp = venv / STAMP
@@ -80,9 +86,12 @@ def ensure_mlserver(venv: Path = MLSERVER_VENV) -> Path:
          "--disable-pip-version-check", *pins],
     ]  # fmt: skip
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PeerUnavailable(f"{' '.join(step[:4])} failed: {exc}") from None
         if done.returncode != 0:
-            raise ToolError(
+            raise PeerUnavailable(
                 f"{' '.join(step[:4])} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
             )
     stamp.write_text("\n".join(pins) + "\n")

@@ -74,8 +74,9 @@ def _per_round(results: list[Result], measure: Callable[[int], float | None]) ->
     return [measure(round_) for round_ in rounds_of(results)]
 
 
-def goals(results: list[Result]) -> list[Goal]:
-    """Issue 15's goals, each a ratio of two numbers of one round."""
+def goals(results: list[Result], unavailable: dict[str, str] | None = None) -> list[Goal]:
+    """Issue 15's goals, each a ratio of two numbers of one round; `unavailable`: the peers
+    asked for that could not be installed, and why."""
 
     def ratio(a: Pick, b: Pick, attr: str = "rps", attr_b: str | None = None) -> list[float | None]:
         def one(round_: int) -> float | None:
@@ -90,6 +91,9 @@ def goals(results: list[Result]) -> list[Goal]:
     predict64, predict16 = ("direct", PREDICT, 64), ("direct", PREDICT, 16)
     ceiling64 = ("ceiling", CEILING, 64)
     mlserver_ran = any(r.target == "mlserver" for r in results)
+    mlserver_why = (unavailable or {}).get(
+        "mlserver", "MLServer not run (make bench PEERS=mlserver)"
+    )
     out = [
         Goal("POST /predict @64 / ceiling (req/s)", ratio(predict64, ceiling64), 0.40,
              "share", True),
@@ -97,7 +101,7 @@ def goals(results: list[Result]) -> list[Goal]:
              "share", True),
         Goal("POST /predict @64 / MLServer V2 infer @64 (req/s)",
              ratio(predict64, ("mlserver", MLSERVER, 64)), 4.0, "x", True,
-             "" if mlserver_ran else "MLServer not run (make bench PEERS=mlserver)"),
+             "" if mlserver_ran else mlserver_why),
     ]  # fmt: skip
     for pick in (predict64, predict16):
         out.append(
@@ -209,14 +213,16 @@ class Capacity:
     busiest_primary_us_per_req: float
     gated_rps_per_redis_core: float  # 1e6 / redis_us_per_req
     topology_gated_rps: float  # until the busiest primary saturates its core
-    api_instance_rps: float  # this run's direct deployment (2 workers)
+    workers: int  # of the direct deployment, one core each
+    api_instance_rps: float  # this run's direct deployment
     instances_per_redis_core: float  # by req/s in this run
     api_worker_us_per_req: float
-    instances_per_redis_core_by_cpu: float  # a two-core instance: 2e6 / worker µs per request
+    # An instance with a core per worker: workers * 1e6 / worker µs per request.
+    instances_per_redis_core_by_cpu: float
     primaries: dict[str, float] = field(default_factory=dict)  # share of EVALSHA calls
 
 
-def capacity(results: list[Result]) -> list[Capacity]:
+def capacity(results: list[Result], workers: int = 2) -> list[Capacity]:
     out = []
     for round_ in rounds_of(results):
         runs = [
@@ -239,11 +245,12 @@ def capacity(results: list[Result]) -> list[Capacity]:
                 busiest_primary_us_per_req=busiest,
                 gated_rps_per_redis_core=round(per_core),
                 topology_gated_rps=round(1e6 / busiest) if busiest > 0 else 0.0,
+                workers=workers,
                 api_instance_rps=round(run.rps),
                 instances_per_redis_core=round(per_core / run.rps, 1) if run.rps else 0.0,
                 api_worker_us_per_req=worker_us,
                 instances_per_redis_core_by_cpu=(
-                    round(per_core / (2e6 / worker_us), 1) if worker_us > 0 else 0.0
+                    round(per_core / (workers * 1e6 / worker_us), 1) if worker_us > 0 else 0.0
                 ),
                 primaries={n: p.evalsha_share for n, p in use.primaries.items()},
             )
@@ -254,15 +261,15 @@ def capacity(results: list[Result]) -> list[Capacity]:
 def capacity_lines(found: list[Capacity], mode: str) -> list[str]:
     lines = []
     for c in found:
+        by_cpu = c.workers * 1e6 / c.api_worker_us_per_req if c.api_worker_us_per_req else 0
         lines.append(
             f"round {c.round} (direct POST /predict @{c.connections}, Redis {mode}): "
             f"{c.redis_us_per_req:.1f} µs of Redis CPU per gated request → "
             f"{c.gated_rps_per_redis_core:,.0f} gated req/s per Redis core; one API instance "
-            f"(2 workers) did {c.api_instance_rps:,.0f} req/s here, so one Redis core carries "
-            f"{c.instances_per_redis_core:.1f} such instances (by API CPU, "
-            f"{c.api_worker_us_per_req:.0f} µs per request, i.e. "
-            f"{2e6 / c.api_worker_us_per_req if c.api_worker_us_per_req else 0:,.0f} req/s "
-            f"on two cores of its own: {c.instances_per_redis_core_by_cpu:.1f})."
+            f"({c.workers} workers) did {c.api_instance_rps:,.0f} req/s here, so one Redis core "
+            f"carries {c.instances_per_redis_core:.1f} such instances (by API CPU, "
+            f"{c.api_worker_us_per_req:.0f} µs per request, i.e. {by_cpu:,.0f} req/s on "
+            f"{c.workers} cores of its own: {c.instances_per_redis_core_by_cpu:.1f})."
         )
         if len(c.primaries) > 1:
             split = ", ".join(f"{n} {s:.0%}" for n, s in c.primaries.items())
@@ -272,6 +279,22 @@ def capacity_lines(found: list[Capacity], mode: str) -> list[str]:
                 f"load, so the topology saturates at ~{c.topology_gated_rps:,.0f} gated req/s."
             )
     return lines
+
+
+def capacity_summary(found: list[Capacity], mode: str) -> str | None:
+    """One line: Redis CPU per gated request, gated req/s per Redis core and API instances
+    per Redis core, from the round that cost Redis the most per request (the worst)."""
+    if not found:
+        return None
+    c = max(found, key=lambda c: c.redis_us_per_req)
+    rounds = f"round {c.round} of {len(found)}, the costliest" if len(found) > 1 else "1 round"
+    return (
+        f"CAPACITY (Redis {mode}, {rounds}): {c.redis_us_per_req:.1f} µs Redis CPU per gated "
+        f"request | {c.gated_rps_per_redis_core:,.0f} gated req/s per Redis core | "
+        f"{c.instances_per_redis_core:.1f} API instances ({c.workers} workers, "
+        f"{c.api_instance_rps:,.0f} req/s each) per Redis core "
+        f"({c.instances_per_redis_core_by_cpu:.1f} by API CPU)"
+    )
 
 
 def text_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -332,11 +355,14 @@ def write_report(results: list[Result], args: argparse.Namespace, meta: dict[str
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(results)
-    found = goals(results)
+    found = goals(results, meta.get("peers_unavailable"))
     goal_headers, goal_table = goal_rows(found)
     redis_table = redis_rows(results)
-    capacities = capacity(results)
-    capacity_text = capacity_lines(capacities, meta.get("redis_mode", "standalone"))
+    mode = meta.get("redis_mode", "standalone")
+    capacities = capacity(results, args.workers)
+    capacity_text = capacity_lines(capacities, mode)
+    summary = capacity_summary(capacities, mode)
+    unavailable: dict[str, str] = meta.get("peers_unavailable") or {}
     print()
     print(text_table(HEADERS, rows))
     if redis_table:
@@ -346,11 +372,15 @@ def write_report(results: list[Result], args: argparse.Namespace, meta: dict[str
         print(text_table(REDIS_HEADERS, redis_table))
     if capacity_text:
         print("\ncapacity:\n" + "\n".join(capacity_text))
+    if summary:
+        print("\n" + summary)
     print(f"\ngoals (each a ratio within one round; marked on the {AGGREGATE} round):")
     print(text_table(goal_headers, goal_table))
     missed = [g.name for g in found if g.status == "MISSED"]
     if missed:
         print(f"\nMISSED {len(missed)} goal(s): " + "; ".join(missed))
+    for peer, why in unavailable.items():
+        print(f"\nPEER UNAVAILABLE: {peer}: {why}; its goal is not measured in this run.")
     failed = [r for r in results if sum(r.errors.values())]
     for r in failed:
         print(
@@ -372,6 +402,7 @@ def write_report(results: list[Result], args: argparse.Namespace, meta: dict[str
             for g in found
         ],
         "capacity": [asdict(c) for c in capacities],
+        "capacity_summary": summary,
     }
     (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [
@@ -402,6 +433,9 @@ def write_report(results: list[Result], args: argparse.Namespace, meta: dict[str
         ]
     if capacity_text:
         md += ["Capacity:", "", *(f"- {line.strip()}" for line in capacity_text), ""]
+    if summary:
+        md += [summary, ""]
+    md += [f"Peer unavailable: {peer}: {why}." for peer, why in unavailable.items()]
     md.append("![make bench](bench.png)")
     (out / "bench.md").write_text("\n".join(md) + "\n")
     chart(results, out / "bench.png", title)
