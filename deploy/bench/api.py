@@ -3,13 +3,16 @@
 Done through the service's own endpoints (admin login, /users), against whichever
 deployment is being measured, and checked with one real POST /predict and one V2 infer per
 token before wrk starts. With several users (`--bench-users`; 24 by default on a Redis
-Cluster) bench.lua rotates their tokens request by request, so that the per-user keys (one
-hash tag per user) spread over the cluster's primaries.
+Cluster) bench.lua rotates their tokens request by request; on a cluster the users are
+chosen so that their keys (one hash tag per user) fall evenly on its primaries.
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
+from collections import Counter
+from collections.abc import Callable
 
 import httpx
 from errors import ToolError
@@ -21,11 +24,26 @@ BENCH_USER = "bench-user"
 BENCH_RATE = "100000/second"
 
 
-def bench_usernames(count: int) -> list[str]:
-    """`bench-user` alone, or `bench-user-01` ... `bench-user-NN`."""
+def bench_usernames(count: int, primary_of: Callable[[str], str] | None = None) -> list[str]:
+    """`bench-user` alone, or `count` names `bench-user-NNN`; with `primary_of` (the Redis
+    primary that holds a user's keys), chosen so that the primaries hold as even a share of
+    them as `count` allows (on a Redis Cluster, so the load spreads evenly over its slots)."""
     if count == 1:
         return [BENCH_USER]
-    return [f"{BENCH_USER}-{i:02d}" for i in range(1, count + 1)]
+    candidates = (f"{BENCH_USER}-{i:03d}" for i in range(1, 100 * count + 1))
+    if primary_of is None:
+        return list(itertools.islice(candidates, count))
+    owners = {name: primary_of(name) for name in itertools.islice(candidates, 8 * count)}
+    quota = -(-count // len(set(owners.values())))  # ceil: as even as `count` allows
+    taken: Counter[str] = Counter()
+    names: list[str] = []
+    for name, owner in owners.items():
+        if taken[owner] < quota and len(names) < count:
+            taken[owner] += 1
+            names.append(name)
+    if len(names) < count:
+        raise ToolError(f"could not spread {count} bench users over the Redis primaries")
+    return names
 
 
 def login(client: httpx.Client, username: str, password: str) -> str:
@@ -69,12 +87,17 @@ def check_tokens(url: str, tokens: list[str]) -> None:
                     raise ToolError(f"probe POST {path}: {probe.status_code} {probe.text}")
 
 
-def bench_tokens(url: str, admin: tuple[str, str], users: int = 1) -> list[str]:
-    """Create `users` bench users with a rate override that cannot interfere; return their
-    tokens, each checked with a real prediction."""
+def bench_tokens(
+    url: str, admin: tuple[str, str], users: int = 1,
+    primary_of: Callable[[str], str] | None = None,
+) -> list[str]:  # fmt: skip
+    """Create `users` bench users (spread over the Redis primaries by `primary_of`, see
+    bench_usernames) with a rate override that cannot interfere; return their tokens, each
+    checked with a real prediction."""
+    names = bench_usernames(users, primary_of)
     with httpx.Client(base_url=url, timeout=30) as client:
         auth = {"Authorization": f"Bearer {login(client, *admin)}"}
-        tokens = [_bench_user(client, auth, name) for name in bench_usernames(users)]
+        tokens = [_bench_user(client, auth, name) for name in names]
     check_tokens(url, tokens)
     return tokens
 

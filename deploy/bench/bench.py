@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"direct: the service, gunicorn ({args.workers} workers)")
             direct = stack.enter_context(direct_deployment(work / "direct", env, redis))
             assert direct.admin is not None
-            tokens = bench_tokens(direct.url, direct.admin, args.bench_users)
+            tokens = bench_tokens(direct.url, direct.admin, args.bench_users,
+                                  redis.primary_of_user)  # fmt: skip
             tokens_file = work / "tokens.txt"
             tokens_file.write_text("\n".join(tokens) + "\n")
             targets = [Target("ceiling", ceiling), Target("direct", direct, tokens_file)]

@@ -51,6 +51,8 @@ if str(ROOT) not in sys.path:
 
 import redis_topology  # noqa: E402 - needs the paths above
 
+from service.infra.keys import user_tag  # noqa: E402 - needs the paths above
+
 ADMIN_USER = "bench-admin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -186,6 +188,12 @@ class RedisUnderTest:
         if self.replicas:
             pids["redis replicas"] = [node.pid for node in self.replicas]
         return pids
+
+    def primary_of_user(self, username: str) -> str:
+        """The name of the primary holding `username`'s keys (all in its hash tag's slot)."""
+        if isinstance(self.topology, redis_topology.RedisCluster):
+            return self.topology.primary_for_key(user_tag(username.lower())).name
+        return self.primaries[0].name
 
     def describe(self) -> str:
         primaries = ", ".join(f"{n.name} {n.address}" for n in self.primaries)

@@ -227,6 +227,19 @@ def test_rounds_interleave_targets_within_each_connection_count(
     assert [(x.round, x.connections, x.target, x.scenario) for x in results] == order
 
 
+def test_bench_users_spread_evenly_over_the_primaries() -> None:
+    api = _bench_module("api")
+    assert api.bench_usernames(1) == ["bench-user"]
+    assert api.bench_usernames(3) == ["bench-user-001", "bench-user-002", "bench-user-003"]
+
+    def primary_of(name: str) -> str:  # a skewed owner: 2 of 3 names land on "a"
+        return "b" if int(name[-3:]) % 3 == 0 else "a"
+
+    names = api.bench_usernames(6, primary_of)
+    assert len(set(names)) == 6
+    assert sorted(primary_of(n) for n in names) == ["a", "a", "a", "b", "b", "b"]
+
+
 def test_mlserver_install_failure_is_a_peer_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
