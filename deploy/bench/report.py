@@ -125,8 +125,21 @@ def goals(results: list[Result], unavailable: dict[str, str] | None = None) -> l
     return out
 
 
-def _show(value: float, unit: str) -> str:
-    return f"{value:.0%}" if unit == "share" else f"{value:.2f}x"
+def _show(value: float, unit: str, digits: int = 0) -> str:
+    return f"{value:.{digits}%}" if unit == "share" else f"{value:.{digits + 2}f}x"
+
+
+def _show_against(value: float, threshold: float, unit: str) -> str:
+    """`value` with the digits that keep it from reading as `threshold` when it is not (a
+    MISSED 2.004x is shown as 2.004x, not 2.00x)."""
+    digits = 0
+    while (
+        digits < 4
+        and value != threshold
+        and _show(value, unit, digits) == _show(threshold, unit, digits)
+    ):
+        digits += 1
+    return _show(value, unit, digits)
 
 
 def goal_rows(found: list[Goal]) -> tuple[list[str], list[list[str]]]:
@@ -135,14 +148,15 @@ def goal_rows(found: list[Goal]) -> tuple[list[str], list[list[str]]]:
                "status"]  # fmt: skip
     rows = []
     for goal in found:
-        per = ["-" if v is None else _show(v, goal.unit) for v in goal.per_round]
+        per = [
+            "-" if v is None else _show_against(v, goal.threshold, goal.unit)
+            for v in goal.per_round
+        ]
         worst = goal.worst
         op = ">=" if goal.higher_is_better else "<="
         status = goal.status + (f" ({goal.why_not})" if goal.why_not and worst is None else "")
-        rows.append(
-            [goal.name, *per, "-" if worst is None else _show(worst, goal.unit),
-             f"{op} {_show(goal.threshold, goal.unit)}", status]
-        )  # fmt: skip
+        shown = "-" if worst is None else _show_against(worst, goal.threshold, goal.unit)
+        rows.append([goal.name, *per, shown, f"{op} {_show(goal.threshold, goal.unit)}", status])
     return headers, rows
 
 

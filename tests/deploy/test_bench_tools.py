@@ -146,6 +146,12 @@ def test_goal_rows_show_every_round_the_worst_and_the_status() -> None:
     assert len({len(line.rstrip()) <= len(text[1]) for line in text}) == 1
     md = report.md_table(headers, rows).splitlines()
     assert md[2] == "| a share | 50% | 30% | 30% | >= 40% | MISSED |"
+    # A value that only rounds to the threshold keeps the digits that show it missed.
+    close = [report.Goal("batch", [2.0045, 2.0], 2.0, "x", False),
+             report.Goal("share", [0.3996], 0.40, "share", True)]  # fmt: skip
+    _, rows = report.goal_rows(close)
+    assert rows[0][1:] == ["2.005x", "2.00x", "2.005x", "<= 2.00x", "MISSED"]
+    assert rows[1][1:] == ["39.96%", "39.96%", ">= 40%", "MISSED"]
 
 
 def test_redis_usage_sums_cpu_over_primaries_per_request() -> None:
