@@ -1,10 +1,20 @@
 """The servers under test: start them on free ports, stop them, and account their CPU.
 
-A bench run measures two deployments of the same code, both started here and stopped
-whatever happens: "direct" (redis-server + one gunicorn with the project's config) and
-"nginx" (`deploy/cluster.py`: redis, 3 instances, nginx). Each is handed to the measuring
-modules as a `Deployment`: its URL, its admin credentials and the pids whose CPU time
-(read from /proc) is charged to it.
+A bench run starts everything it measures here, on 127.0.0.1 only, and stops it by PID
+whatever happens; all of it runs side by side for the whole run, so that the rounds can
+interleave the targets:
+
+- one Redis topology of `--redis-mode` (deploy/redis_topology.py: a standalone server, a
+  Redis Cluster of 3 primaries and 3 replicas, or a primary, a replica and 3 sentinels),
+  shared by both deployments of the service;
+- "ceiling": the bare FastAPI app of ceiling_app.py, gunicorn with 2 UvicornWorkers;
+- "direct": one gunicorn with the project's config (the service, every protection on);
+- "nginx": `deploy/cluster.py` (3 instances behind nginx) on the same Redis;
+- "mlserver" (optional, peers.py).
+
+Each is handed to the measuring modules as a `Deployment`: its URL, its admin credentials,
+the pids whose CPU time (read from /proc) is charged to it and, for the service, the probe
+that reads Redis's INFO on every primary.
 """
 
 from __future__ import annotations
@@ -20,15 +30,29 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from errors import ToolError
+from redis import Redis
+from redis_stats import InfoReader, RedisProbe
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCH_DIR = ROOT / "deploy" / "bench"
 CLUSTER = ROOT / "deploy" / "cluster.py"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+# deploy/'s scripts import each other by name, as they do when run (`python deploy/...`).
+if str(ROOT / "deploy") not in sys.path:
+    sys.path.append(str(ROOT / "deploy"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import redis_topology  # noqa: E402 - needs the paths above
+
+from service.infra.keys import user_tag  # noqa: E402 - needs the paths above
+
 ADMIN_USER = "bench-admin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -104,7 +128,12 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     """
     extra = dict(item.split("=", 1) for item in args.env)
     python_path = os.pathsep.join([*args.pythonpath, str(ROOT)])
-    return extra | {
+    return {
+        # The set-up logs in every bench user from 127.0.0.1 (api.py), more than the per-
+        # address login limit's burst of 30; logins are not measured. Every measured route
+        # keeps its limits.
+        "RATE_LIMIT_LOGIN_IP": "1000/minute",
+        **extra,
         "BENCH_APP": args.app,
         "PYTHONPATH": python_path,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -124,63 +153,168 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
 
 @dataclass
 class Deployment:
-    """A running target: its URL and the pids whose CPU time we attribute to it."""
+    """A running target: its URL and the pids whose CPU time we attribute to it; for the
+    service, its admin credentials and the probe of its Redis."""
 
     url: str
-    admin: tuple[str, str]
     workers: Callable[[], list[int]]
-    others: Callable[[], dict[str, list[int]]]
+    others: Callable[[], dict[str, list[int]]] = field(default=lambda: {})
+    admin: tuple[str, str] | None = None
+    redis: RedisProbe | None = None
 
     def pids(self) -> dict[str, list[int]]:
         return {"workers": self.workers(), **self.others()}
 
 
+@dataclass
+class RedisUnderTest:
+    """The run's Redis topology: the API's settings for it, its primaries and replicas (by
+    role when it started: the bench makes no failover) and a probe of the primaries."""
+
+    topology: redis_topology.Topology
+    primaries: list[redis_topology.Node]
+    replicas: list[redis_topology.Node]
+    probe: RedisProbe
+
+    @property
+    def mode(self) -> str:
+        return self.topology.mode
+
+    def app_env(self) -> dict[str, str]:
+        return self.topology.app_env()
+
+    def pids(self) -> dict[str, list[int]]:
+        pids = {"redis": [node.pid for node in self.primaries]}
+        if self.replicas:
+            pids["redis replicas"] = [node.pid for node in self.replicas]
+        return pids
+
+    def primary_of_user(self, username: str) -> str:
+        """The name of the primary holding `username`'s keys (all in its hash tag's slot)."""
+        if isinstance(self.topology, redis_topology.RedisCluster):
+            return self.topology.primary_for_key(user_tag(username.lower())).name
+        return self.primaries[0].name
+
+    def describe(self) -> str:
+        primaries = ", ".join(f"{n.name} {n.address}" for n in self.primaries)
+        return f"{self.mode}: {len(self.primaries)} primary(ies) ({primaries})" + (
+            f", {len(self.replicas)} replica(s)" if self.replicas else ""
+        )
+
+
 @contextmanager
-def direct_deployment(work: Path, env: dict[str, str]) -> Iterator[Deployment]:
-    """redis-server + one gunicorn (the project's config) on free ports, stopped on exit."""
-    redis_port, api_port = free_ports(2)
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
+def redis_under_test(work: Path, mode: str) -> Iterator[RedisUnderTest]:
+    """A new, empty topology of `mode` (ACL users, AOF, memory cap: deploy/redis_topology.py,
+    as `make cluster` runs it) in `work`, stopped by PID on exit."""
+    if shutil.which("redis-server") is None:
         raise ToolError("redis-server not found: apt-get install redis-server (or brew)")
-    (work / "redis").mkdir(parents=True, exist_ok=True)
-    redis: subprocess.Popen[bytes] | None = None
-    api: subprocess.Popen[bytes] | None = None
+    topology = redis_topology.TOPOLOGIES[mode](dir=work)
+    clients = []
     try:
-        # Same persistence as the cluster and Compose (AOF, fsync every second).
-        redis = subprocess.Popen(
-            [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1",
-             "--dir", str(work / "redis"), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        try:
+            topology.start()
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            raise ToolError(f"redis {mode} did not start: {exc}") from None
+        servers = topology.servers()
+        roles = {node.name: topology.role(node) for node in servers}
+        primaries = [n for n in servers if roles[n.name] == "master"]
+        replicas = [n for n in servers if roles[n.name] != "master"]
+        readers: dict[str, InfoReader] = {}
+        for node in primaries:
+            client = topology.client(node, timeout=5.0)
+            clients.append(client)
+            readers[node.name] = _info_reader(client)
+        yield RedisUnderTest(topology, primaries, replicas, RedisProbe(readers))
+    finally:
+        for client in clients:
+            client.close()
+        topology.stop()
+
+
+def _info_reader(client: Redis) -> InfoReader:
+    def read() -> dict[str, Any]:
+        info: dict[str, Any] = redis_topology.command(
+            client, "INFO", "cpu", "commandstats", "stats"
+        )
+        return info
+
+    return read
+
+
+def _gunicorn(
+    command: list[str], env: dict[str, str], work: Path, ready: str
+) -> subprocess.Popen[bytes]:
+    """Start a gunicorn master in its own session, cwd `work` (so no repository .env is
+    read), and wait until `ready` answers 200; its log is work/gunicorn.log."""
+    work.mkdir(parents=True, exist_ok=True)
+    with (work / "gunicorn.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *command], cwd=work, env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        app_env = env | {
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    try:
+        wait_http(ready, 60, lambda: proc.poll() is None)
+    except ToolError:
+        stop(proc)
+        tail = (work / "gunicorn.log").read_text(errors="replace")[-3000:]
+        raise ToolError(f"gunicorn did not become ready; log tail:\n{tail}") from None
+    return proc
+
+
+@contextmanager
+def ceiling_deployment(work: Path, workers: int) -> Iterator[Deployment]:
+    """The bare FastAPI app (ceiling_app.py): gunicorn, `workers` UvicornWorkers (uvloop,
+    httptools), a free port; stopped on exit."""
+    (port,) = free_ports(1)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = ["--pythonpath", str(BENCH_DIR), "-k", "ceiling_app.Worker", "-w", str(workers),
+               "--bind", f"127.0.0.1:{port}", "--keep-alive", "75", "--backlog", "2048",
+               "--log-level", "warning", "ceiling_app:app"]  # fmt: skip
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        proc = _gunicorn(command, env, work, url + "/healthz")
+        master = proc.pid
+        yield Deployment(url=url, workers=lambda: children(master))
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def direct_deployment(
+    work: Path, env: dict[str, str], redis: RedisUnderTest
+) -> Iterator[Deployment]:
+    """One gunicorn (the project's config) on a free port, on the run's Redis; stopped on
+    exit."""
+    (api_port,) = free_ports(1)
+    app_env = (
+        env
+        | redis.app_env()
+        | {
             "BIND": f"127.0.0.1:{api_port}",
             "INSTANCE_NAME": "bench",
         }
-        log = (work / "gunicorn.log").open("ab")
-        # cwd is the work dir, so the repository's .env is not read.
-        api = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), env["BENCH_APP"]],
-            cwd=work, env=app_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    )
+    api: subprocess.Popen[bytes] | None = None
+    try:
         url = f"http://127.0.0.1:{api_port}"
-        api_proc = api
-        try:
-            wait_http(url + "/readyz", 60, lambda: api_proc.poll() is None)
-        except ToolError:
-            tail = (work / "gunicorn.log").read_text(errors="replace")[-3000:]
-            raise ToolError(f"gunicorn did not become ready; log tail:\n{tail}") from None
-        redis_pid = redis.pid
+        api = _gunicorn(["-c", str(GUNICORN_CONF), env["BENCH_APP"]], app_env, work,
+                        url + "/readyz")  # fmt: skip
+        master = api.pid
         yield Deployment(
             url=url,
             admin=(ADMIN_USER, env["ADMIN_PASSWORD"]),
-            workers=lambda: children(api_proc.pid),
-            others=lambda: {"redis": [redis_pid]},
+            workers=lambda: children(master),
+            others=redis.pids,
+            redis=redis.probe,
         )
     finally:
         stop(api)
-        stop(redis)
 
 
 def _pidfile(path: Path) -> list[int]:
@@ -198,8 +332,11 @@ def _is_honcho(pid: int) -> bool:
 
 
 @contextmanager
-def cluster_deployment(work: Path, env: dict[str, str], timeout: float) -> Iterator[Deployment]:
-    """`deploy/cluster.py up` on free ports in `work`; `down` whatever happens."""
+def cluster_deployment(
+    work: Path, env: dict[str, str], redis: RedisUnderTest, timeout: float
+) -> Iterator[Deployment]:
+    """`deploy/cluster.py up` on free ports in `work`, its instances on the run's Redis
+    (given as REDIS_URL, so the cluster starts none of its own); `down` whatever happens."""
     port, redis_port, *api_ports = free_ports(5)
     args = ["--dir", str(work), "--port", str(port), "--redis-port", str(redis_port),
             "--api-ports", ",".join(map(str, api_ports)), "--env-file", str(work / ".env"),
@@ -207,6 +344,7 @@ def cluster_deployment(work: Path, env: dict[str, str], timeout: float) -> Itera
     cli = [sys.executable, str(CLUSTER)]
     # The cluster sizes its instances' workers to the host (see deploy/cluster.py).
     env = {name: value for name, value in env.items() if name != "WEB_CONCURRENCY"}
+    env |= redis.app_env()
     work.mkdir(parents=True, exist_ok=True)
     try:
         up = subprocess.run(
@@ -224,8 +362,7 @@ def cluster_deployment(work: Path, env: dict[str, str], timeout: float) -> Itera
             nginx = _pidfile(work / "nginx" / "nginx.pid")
             # honcho and its per-process printers carry every log line of the cluster.
             honcho = _pidfile(work / "honcho.pid")
-            return {
-                "redis": _pidfile(work / "redis" / "redis.pid"),
+            return redis.pids() | {
                 "nginx": nginx + [w for m in nginx for w in children(m)],
                 "honcho": honcho + [c for h in honcho for c in children(h) if _is_honcho(c)],
             }
@@ -235,6 +372,7 @@ def cluster_deployment(work: Path, env: dict[str, str], timeout: float) -> Itera
             admin=(ADMIN_USER, env["ADMIN_PASSWORD"]),
             workers=workers,
             others=others,
+            redis=redis.probe,
         )
     finally:
         subprocess.run(

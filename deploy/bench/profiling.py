@@ -19,11 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from api import bench_token
 from errors import ToolError
-from processes import Deployment
-from scenarios import SCENARIOS
-from wrk import measure
+from scenarios import PREDICT_SCENARIO
+from wrk import Target, measure
 
 
 def _lib(*names: str) -> re.Pattern[str]:
@@ -113,16 +111,14 @@ def analyse_folded(path: Path) -> dict[str, Any]:
     }
 
 
-def profile(
-    deployment: Deployment, args: argparse.Namespace, work: Path, out: Path
-) -> dict[str, Any]:
-    """py-spy on both workers while wrk drives POST /predict at the highest connection count:
-    one worker recorded as a flame graph (SVG), the other as collapsed stacks to analyse."""
+def profile(target: Target, args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
+    """py-spy on both workers of `target` (the direct service) while wrk drives POST /predict
+    at the highest connection count: one worker recorded as a flame graph (SVG), the other as
+    collapsed stacks to analyse."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    workers = deployment.workers()
+    workers = target.deployment.workers()
     if len(workers) < 2 or not Path(py_spy).exists():
         raise ToolError("profiling needs py-spy and two workers")
-    token = bench_token(deployment.url, deployment.admin)
     seconds = args.duration
     folded = out / "profile.folded.txt"
     recorders = [
@@ -151,7 +147,7 @@ def profile(
         )
     ]
     time.sleep(1.0)  # py-spy attaches
-    result = measure("direct", deployment, SCENARIOS[1], max(args.connections), args, token, work)
+    result = measure(target, PREDICT_SCENARIO, max(args.connections), args, work)
     for recorder in recorders:
         _, err = recorder.communicate(timeout=seconds + 60)
         if recorder.returncode != 0:
@@ -166,7 +162,8 @@ def profile(
         "",
         f"{result.rps:,.0f} req/s under py-spy (sampling slows it), p99 {result.p99_ms:.1f} ms; "
         f"worker CPU {worker_us:.0f} µs per request (both workers), "
-        f"redis-server {result.cpu_us_per_req.get('redis', 0):.0f} µs; "
+        f"redis-server {result.cpu_us_per_req.get('redis', 0):.0f} µs "
+        f"(EVALSHA {result.redis.evalsha_us_per_call if result.redis else '-'} µs per call); "
         f"{analysis['samples']} samples.",
         "",
         "| where the worker's CPU goes (self, by library) | share | ≈ µs/request |",

@@ -1,4 +1,5 @@
-"""What the bench measures: the requests wrk sends, and the record of one wrk run.
+"""What the bench measures: the requests wrk sends, which target runs which, and the record
+of one wrk run.
 
 Shared by the modules that drive the runs (wrk.py, profiling.py) and the one that reports
 them (report.py), so the scenario names and result fields have a single definition.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from redis_stats import RedisUse
 
 # Typical Iris rows (cm), cycled to build the batch body.
 ROWS = [
@@ -31,34 +34,61 @@ class Scenario:
 
 # The Open Inference Protocol's infer with the same row, as a V2 client sends it in JSON.
 V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": ROWS[0]}]}
+PREDICT_BODY = json.dumps({"data": ROWS[0]}).encode()
 
-SCENARIOS = (
-    Scenario("ceiling GET /healthz", "GET", "/healthz", None, auth=False),
-    Scenario("POST /predict", "POST", "/predict", json.dumps({"data": ROWS[0]}).encode(), True),
-    # Right after /predict, so the two are measured under the same machine load.
-    Scenario(
-        "POST /v2/models/iris-rf/infer",
-        "POST",
-        "/v2/models/iris-rf/infer",
-        json.dumps(V2_BODY).encode(),
-        True,
-    ),
-    Scenario(
-        "POST /predict/batch (64)",
-        "POST",
-        "/predict/batch",
-        json.dumps({"instances": [ROWS[i % len(ROWS)] for i in range(64)]}).encode(),
-        True,
-    ),
+# The ceiling: the bare FastAPI app (ceiling_app.py) answering a constant to the same request.
+CEILING_PREDICT = Scenario("ceiling POST /predict (constant)", "POST", "/predict", PREDICT_BODY,
+                           auth=False)  # fmt: skip
+HEALTHZ = Scenario("GET /healthz", "GET", "/healthz", None, auth=False)
+PREDICT_SCENARIO = Scenario("POST /predict", "POST", "/predict", PREDICT_BODY, auth=True)
+V2_SCENARIO = Scenario(
+    "POST /v2/models/iris-rf/infer",
+    "POST",
+    "/v2/models/iris-rf/infer",
+    json.dumps(V2_BODY).encode(),
+    auth=True,
 )
-CEILING, PREDICT, V2_INFER, BATCH = (s.name for s in SCENARIOS)
+BATCH_SCENARIO = Scenario(
+    "POST /predict/batch (64)",
+    "POST",
+    "/predict/batch",
+    json.dumps({"instances": [ROWS[i % len(ROWS)] for i in range(64)]}).encode(),
+    auth=True,
+)
+# MLServer's V2 infer of the same row and body (peers.py), no auth: it has none.
+MLSERVER_INFER = Scenario(
+    "MLServer V2 infer (adaptive batching)",
+    "POST",
+    "/v2/models/iris-rf/infer",
+    json.dumps(V2_BODY).encode(),
+    auth=False,
+)
+
+# The service's own scenarios, in the order they run; /healthz (no auth, no Redis) is a
+# reference row: what the service's middleware costs without the protections.
+SCENARIOS = (HEALTHZ, PREDICT_SCENARIO, V2_SCENARIO, BATCH_SCENARIO)
+CEILING, HEALTH, PREDICT, V2_INFER, BATCH, MLSERVER = (
+    s.name
+    for s in (CEILING_PREDICT, HEALTHZ, PREDICT_SCENARIO, V2_SCENARIO, BATCH_SCENARIO,
+              MLSERVER_INFER)
+)  # fmt: skip
+
+# What each target runs in a round, in this order; a round runs every target's scenarios at
+# one connection count back to back, then the next connection count. Through nginx only
+# /predict (its goal); MLServer only its V2 infer.
+TARGET_SCENARIOS: dict[str, tuple[Scenario, ...]] = {
+    "ceiling": (CEILING_PREDICT,),
+    "direct": SCENARIOS,
+    "nginx": (PREDICT_SCENARIO,),
+    "mlserver": (MLSERVER_INFER,),
+}
 
 
 @dataclass
 class Result:
     """One wrk run: where, what, how many connections, and what it measured."""
 
-    target: str  # "direct" or "nginx"
+    target: str  # "ceiling", "direct", "nginx" or "mlserver"
     scenario: str
     connections: int
     rps: float
@@ -71,3 +101,6 @@ class Result:
     errors: dict[str, int]
     # Server CPU (user + system) per request, in microseconds, by process kind.
     cpu_us_per_req: dict[str, float] = field(default_factory=dict)
+    round: int = 1
+    # Redis's own account (INFO on every primary), for the service's runs.
+    redis: RedisUse | None = None
