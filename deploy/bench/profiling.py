@@ -57,7 +57,7 @@ INCLUSIVE = [
     ("TokenService.decode (JWT)", r"TokenService\.decode \("),
     ("Gate._run (Redis round trip incl. client)", r"Gate\._run \("),
     ("PolicyLimiter.__call__ (whole limiter)", r"PolicyLimiter\.__call__ \("),
-    ("predict_user dependency", r"predict_user \("),
+    ("admit_prediction dependency", r"admit_prediction \("),
     ("solve_dependencies (FastAPI DI)", r"solve_dependencies \("),
     ("sync dependencies in the thread pool", r"run_in_threadpool \(|WorkerThread\.run \("),
     ("request body validation", r"(request_body_to_args|_validate_value_with_model_field) \("),

@@ -13,9 +13,12 @@ import pytest
 from service.infra.config import Settings
 from service.infra.context import close_context, open_context
 from service.infra.logs import (
+    ACCESS_LOGGER,
+    STDERR_HANDLER,
     JsonFormatter,
     TextFormatter,
     configure_logging,
+    defer_access_log,
     logging_config,
     redact,
 )
@@ -135,3 +138,40 @@ async def test_no_secret_reaches_any_log_line(
         for formatter in (JsonFormatter(), TextFormatter(), logging.Formatter())
     ]
     assert find_leaks("\n".join(formatted), secrets) == []
+
+
+class _CountingStream:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def test_access_lines_are_written_off_the_request_path_in_batches() -> None:
+    """A request only queues its record: the writer thread formats a batch and writes it in
+    one call, and stopping writes what is left, in order."""
+    stream = _CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.set_name(STDERR_HANDLER)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = root.handlers[:], access.level
+    root.handlers = [handler]
+    access.setLevel(logging.INFO)
+    try:
+        stop = defer_access_log(interval=3600)
+        for n in range(200):
+            access.info("line %d", n)
+        assert stream.writes == []  # nothing formatted or written on the caller's thread
+        stop()
+    finally:
+        root.handlers, _ = saved
+        access.setLevel(saved[1])
+    assert stream.writes == ["".join(f"line {n}\n" for n in range(200))]
+    assert access.handlers == []
+    assert access.propagate
