@@ -18,6 +18,7 @@ ROUNDS ?= 2
 PEERS ?=
 REDIS_MODE ?= standalone
 BENCH_ARGS ?=
+BASELINE ?=
 
 .PHONY: install run test lint fmt model cluster cluster-down loadtest bench capacity fuzz clean \
 	packages-run packages-test
@@ -73,7 +74,7 @@ loadtest: install
 	$(PY) deploy/loadtest/run.py --url $(LOADTEST_URL) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --p99-budget-ms $(P99_BUDGET_MS)
 
 bench: install model
-	$(PY) deploy/bench/bench.py --rounds $(ROUNDS) --redis-mode $(REDIS_MODE) $(BENCH_ARGS) $(if $(strip $(PEERS)),--peers $(PEERS))
+	$(PY) deploy/bench/bench.py --rounds $(ROUNDS) --redis-mode $(REDIS_MODE) $(BENCH_ARGS) $(if $(strip $(PEERS)),--peers $(PEERS)) $(if $(strip $(BASELINE)),--baseline $(BASELINE))
 
 # Redis keys and bytes per active user and session, and the rate-limit state before/after
 # GCRA (deploy/bench/capacity.py: 1,000 users unless USERS= is given on the command line).

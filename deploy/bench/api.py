@@ -71,12 +71,12 @@ def _bench_user(client: httpx.Client, auth: dict[str, str], username: str) -> st
     return login(client, username, password)
 
 
-def check_tokens(url: str, tokens: list[str]) -> None:
-    """One POST /predict and one V2 infer per token: each must answer 200."""
-    probes: list[tuple[str, object]] = [
-        ("/predict", {"data": ROWS[0]}),
-        ("/v2/models/iris-rf/infer", V2_BODY),
-    ]
+def check_tokens(url: str, tokens: list[str], *, v2: bool = True) -> None:
+    """One POST /predict and (unless not `v2`: a revision without it) one V2 infer per
+    token: each must answer 200."""
+    probes: list[tuple[str, object]] = [("/predict", {"data": ROWS[0]})]
+    if v2:
+        probes.append(("/v2/models/iris-rf/infer", V2_BODY))
     with httpx.Client(base_url=url, timeout=30) as client:
         for token in tokens:
             for path, payload in probes:
@@ -89,7 +89,7 @@ def check_tokens(url: str, tokens: list[str]) -> None:
 
 def bench_tokens(
     url: str, admin: tuple[str, str], users: int = 1,
-    primary_of: Callable[[str], str] | None = None,
+    primary_of: Callable[[str], str] | None = None, *, v2: bool = True,
 ) -> list[str]:  # fmt: skip
     """Create `users` bench users (spread over the Redis primaries by `primary_of`, see
     bench_usernames) with a rate override that cannot interfere; return their tokens, each
@@ -98,7 +98,7 @@ def bench_tokens(
     with httpx.Client(base_url=url, timeout=30) as client:
         auth = {"Authorization": f"Bearer {login(client, *admin)}"}
         tokens = [_bench_user(client, auth, name) for name in names]
-    check_tokens(url, tokens)
+    check_tokens(url, tokens, v2=v2)
     return tokens
 
 

@@ -38,7 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -49,6 +50,7 @@ from errors import ToolError
 from peers import PEERS, PeerUnavailable, ensure_mlserver, mlserver_deployment
 from processes import (
     ROOT,
+    baseline_tree,
     ceiling_deployment,
     cluster_deployment,
     direct_deployment,
@@ -83,6 +85,27 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+@contextmanager
+def baseline_target(args: argparse.Namespace, work: Path, env: dict[str, str]) -> Iterator[Target]:
+    """The service as of `--baseline` (its files exported from git), on a Redis of its own:
+    what an older revision keeps in Redis need not match today's keys."""
+    with ExitStack() as stack:
+        tree = baseline_tree(args.baseline, work / "baseline-src")
+        redis = stack.enter_context(redis_under_test(work / "baseline-redis", "standalone"))
+        deployment = stack.enter_context(
+            direct_deployment(work / "baseline",
+                              env | {"PYTHONPATH": str(tree), "MODEL_DIR": str(tree / "var/model")},
+                              redis,
+                              gunicorn_conf=tree / "deploy" / "gunicorn.conf.py")
+        )  # fmt: skip
+        assert deployment.admin is not None
+        tokens = bench_tokens(deployment.url, deployment.admin, args.bench_users,
+                              redis.primary_of_user, v2=False)  # fmt: skip
+        tokens_file = work / "baseline-tokens.txt"
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        yield Target("baseline", deployment, tokens_file)
 
 
 def _peers(values: list[str]) -> list[str]:
@@ -120,6 +143,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--app", default="service.main:create_app()", help="gunicorn app")
     parser.add_argument("--pythonpath", action="append", default=[], help="A/B runs only")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument(
+        "--baseline", metavar="REV", default=None,
+        help="also run the service as of this git revision (its own Redis, 2 workers) in "
+        "the same rounds, for /healthz and /predict: a change must not lose more than 5%%",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds, args.no_cluster = 1, 1, True
@@ -161,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_users": args.bench_users,
         "bench_rate_override": BENCH_RATE,
         "peers": args.peers,
+        "baseline": args.baseline,
         "nginx": not args.no_cluster,
     }
     results: list[Result] = []
@@ -192,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             tokens_file = work / "tokens.txt"
             tokens_file.write_text("\n".join(tokens) + "\n")
             targets = [Target("ceiling", ceiling), Target("direct", direct, tokens_file)]
+            if args.baseline:
+                print(f"baseline: the service as of {args.baseline}, gunicorn "
+                      f"({args.workers} workers), its own Redis")  # fmt: skip
+                targets.append(stack.enter_context(baseline_target(args, work, env)))
             if not args.no_cluster:
                 print("nginx: deploy/cluster.py up (3 instances sized to the cores, nginx)")
                 nginx = stack.enter_context(

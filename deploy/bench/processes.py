@@ -285,9 +285,34 @@ def ceiling_deployment(work: Path, workers: int) -> Iterator[Deployment]:
         stop(proc)
 
 
+def baseline_tree(revision: str, into: Path) -> Path:
+    """The tracked files of `revision` (`git archive`) and a model trained by that revision's
+    own `service.ml.train` in `into/var/model` (the manifest's format may differ from
+    today's), for a baseline server."""
+    into.mkdir(parents=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "service", "deploy"],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True,
+                       timeout=60)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "service.ml.train", "--out", str(into / "var" / "model")],
+            cwd=into, env=os.environ | {"PYTHONPATH": str(into)}, capture_output=True,
+            check=True, timeout=300,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise ToolError(
+            f"cannot run revision {revision!r}: {exc} {detail.decode(errors='replace')[-2000:]}"
+        ) from None
+    return into
+
+
 @contextmanager
 def direct_deployment(
-    work: Path, env: dict[str, str], redis: RedisUnderTest
+    work: Path, env: dict[str, str], redis: RedisUnderTest, gunicorn_conf: Path = GUNICORN_CONF
 ) -> Iterator[Deployment]:
     """One gunicorn (the project's config) on a free port, on the run's Redis; stopped on
     exit."""
@@ -303,7 +328,7 @@ def direct_deployment(
     api: subprocess.Popen[bytes] | None = None
     try:
         url = f"http://127.0.0.1:{api_port}"
-        api = _gunicorn(["-c", str(GUNICORN_CONF), env["BENCH_APP"]], app_env, work,
+        api = _gunicorn(["-c", str(gunicorn_conf), env["BENCH_APP"]], app_env, work,
                         url + "/readyz")  # fmt: skip
         master = api.pid
         yield Deployment(

@@ -115,6 +115,13 @@ def goals(results: list[Result], unavailable: dict[str, str] | None = None) -> l
                  ratio(("nginx", PREDICT, conns), ("direct", PREDICT, conns)), 0.75, "share",
                  True, "" if nginx_ran else "nginx not run (--no-cluster)")
         )  # fmt: skip
+    if any(r.target == "baseline" for r in results):
+        for conns in (64, 16):
+            out.append(
+                Goal(f"POST /predict @{conns} / the baseline revision's (req/s)",
+                     ratio(("direct", PREDICT, conns), ("baseline", PREDICT, conns)), 0.95,
+                     "share", True)
+            )  # fmt: skip
     for conns in (64, 16):
         for pct in ("p50", "p99"):
             out.append(

@@ -80,6 +80,7 @@ TARGET_SCENARIOS: dict[str, tuple[Scenario, ...]] = {
     "ceiling": (CEILING_PREDICT,),
     "direct": SCENARIOS,
     "nginx": (PREDICT_SCENARIO,),
+    "baseline": (HEALTHZ, PREDICT_SCENARIO),
     "mlserver": (MLSERVER_INFER,),
 }
 
@@ -88,7 +89,7 @@ TARGET_SCENARIOS: dict[str, tuple[Scenario, ...]] = {
 class Result:
     """One wrk run: where, what, how many connections, and what it measured."""
 
-    target: str  # "ceiling", "direct", "nginx" or "mlserver"
+    target: str  # "ceiling", "direct", "baseline", "nginx" or "mlserver"
     scenario: str
     connections: int
     rps: float

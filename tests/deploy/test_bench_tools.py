@@ -117,6 +117,22 @@ def test_goals_are_ratios_within_each_round() -> None:
         assert "nginx not run" in nginx.why_not
 
 
+def test_a_baseline_revision_is_a_goal_of_at_most_5_percent_lost() -> None:
+    report = _bench_module("report")
+    s = _bench_module("scenarios")
+    results = _round(1, 10_000, 3_000)
+    assert not any("baseline" in g.name for g in report.goals(results))
+    results += [
+        _result("baseline", s.PREDICT, 64, 1, rps=3_100),
+        _result("baseline", s.PREDICT, 16, 1, rps=3_500),
+    ]
+    found = {g.name: g for g in report.goals(results)}
+    at64 = found["POST /predict @64 / the baseline revision's (req/s)"]
+    assert (at64.worst, at64.status) == (pytest.approx(3_000 / 3_100), "PASS")
+    at16 = found["POST /predict @16 / the baseline revision's (req/s)"]
+    assert (at16.worst, at16.status) == (pytest.approx(3_000 / 3_500), "MISSED")
+
+
 def test_goal_of_a_peer_that_could_not_be_installed_says_why() -> None:
     report = _bench_module("report")
     results = _round(1, 10_000, 5_000)
@@ -279,9 +295,9 @@ def test_make_bench_passes_rounds_peers_and_redis_mode() -> None:
     default = dry_run()
     assert "--rounds 2 --redis-mode standalone" in default
     assert "--peers" not in default
-    chosen = dry_run("ROUNDS=3", "PEERS=mlserver", "REDIS_MODE=cluster")
+    chosen = dry_run("ROUNDS=3", "PEERS=mlserver", "REDIS_MODE=cluster", "BASELINE=abc123")
     assert "--rounds 3 --redis-mode cluster" in chosen
-    assert chosen.rstrip().endswith("--peers mlserver")
+    assert chosen.rstrip().endswith("--peers mlserver --baseline abc123")
 
 
 def test_profile_analysis_charges_innermost_library(tmp_path: Path) -> None:
@@ -311,19 +327,22 @@ def test_loadtest_duration_syntax() -> None:
 
 @pytest.mark.slow
 def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
-    """bench.py --quick: its own Redis, the ceiling and the service, 1 round of 1 s wrk runs,
-    the goals and the capacity line printed, report files, exit 0 (missed goals included)."""
+    """bench.py --quick: its own Redis, the ceiling, the service and the service as of HEAD
+    (`--baseline`: exported from git, its own model and Redis), 1 round of 1 s wrk runs, the
+    goals and the capacity line printed, report files, exit 0 (missed goals included)."""
     out = tmp_path / "reports"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--model-dir", str(model_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, str(BENCH), "--quick", "--out", str(out), "--model-dir", str(model_dir),
+         "--baseline", "HEAD"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
-    # One round, at 16 and 64 connections: the ceiling and the service's 4 scenarios.
-    assert len(report["results"]) == 10
+    # One round, at 16 and 64 connections: the ceiling, the service's 4 scenarios and the
+    # baseline's /healthz and /predict.
+    assert len(report["results"]) == 14
     assert [(r["connections"], r["target"]) for r in report["results"]] == [
-        (c, t) for c in (16, 64) for t in ("ceiling", "direct", "direct", "direct", "direct")
+        (c, t) for c in (16, 64) for t in ("ceiling", *["direct"] * 4, "baseline", "baseline")
     ]
     for result in report["results"]:
         assert result["requests"] > 0
@@ -336,6 +355,7 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     assert set(goals.values()) <= {"PASS", "MISSED", "not measured"}
     assert goals["POST /predict @64 / ceiling (req/s)"] in {"PASS", "MISSED"}
     assert goals["V2 infer @64 / ceiling (req/s)"] in {"PASS", "MISSED"}
+    assert goals["POST /predict @64 / the baseline revision's (req/s)"] in {"PASS", "MISSED"}
     assert report["capacity_summary"].startswith("CAPACITY (Redis standalone")
     printed = done.stdout
     assert "goals (each a ratio within one round" in printed
