@@ -186,3 +186,18 @@ def test_configuration_errors_are_one_line_without_values() -> None:
 def test_bootstrap_admin_follows_the_user_rules(username: str, password: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         build(jwt_secret=GOOD_SECRET, admin_username=username, admin_password=password)
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    """An operator reads the README's table, not this module: a setting missing there does
+    not exist for them. A `*_FILE` variant may share its secret's row (`/ _FILE`)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Performance")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    missing = []
+    for name in Settings.model_fields:
+        variable = name.upper()
+        secret = variable.removesuffix("_FILE")
+        if not any(f"`{variable}`" in row or f"`{secret}` / `_FILE`" in row for row in rows):
+            missing.append(variable)
+    assert missing == []
