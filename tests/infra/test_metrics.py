@@ -9,9 +9,11 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from redis.asyncio import Redis
 
 from service.auth.tokens import TokenService
+from service.infra import metrics
 from service.infra.metrics import _Observations
 from service.main import create_app
 from service.rules.scopes import Scope
@@ -167,3 +169,17 @@ def test_tallied_observations_land_as_observe_would_put_them() -> None:
         labels = {"route": "/x", **extra}
         expected = registry.get_sample_value(f"direct_seconds{suffix}", labels)
         assert registry.get_sample_value(f"tallied_seconds{suffix}", labels) == expected
+
+
+def test_every_metric_is_in_the_readme_metrics_table() -> None:
+    """Operators build dashboards and alerts from the README's table."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("**Metrics.**") : readme.index("## Configuration")]
+    names = {
+        metric.name + ("_total" if metric.type == "counter" else "")
+        for collector in metrics.__dict__.values()
+        if isinstance(collector, MetricWrapperBase)
+        for metric in collector.describe()
+    }
+    assert names
+    assert sorted(name for name in names if f"`{name}" not in table) == []
