@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import io
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from service.ml.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, version_for
 from service.ml.predictor import ForestPredictor, Predictor, SklearnPredictor
 
 _CHUNK_BYTES = 1 << 20
@@ -84,6 +85,24 @@ def make_predictor(manifest: ModelManifest, estimator: Any) -> Predictor:
     if type(estimator) in FAST_PATH_ESTIMATORS:
         return ForestPredictor(manifest, estimator)
     return SklearnPredictor(manifest, estimator)
+
+
+def provenance(name: str, payload: bytes, estimator: Any) -> dict[str, str]:
+    """The manifest fields that say what was pickled and by what: its name, its content-hash
+    version and digest, the estimator class, and the library versions that wrote it (what
+    `load_model` checks). Shared by training and packaging."""
+    sha256 = hashlib.sha256(payload).hexdigest()
+    kind = type(estimator)
+    return {
+        "name": name,
+        "version": version_for(name, sha256),
+        "sha256": sha256,
+        "sklearn_version": sklearn.__version__,
+        "numpy_version": np.__version__,
+        "joblib_version": joblib.__version__,
+        "python_version": platform.python_version(),
+        "estimator": f"{kind.__module__}.{kind.__qualname__}",
+    }
 
 
 def write_artifact(out_dir: Path, payload: bytes, manifest: ModelManifest) -> None:

@@ -28,9 +28,7 @@ would refuse it too.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import platform
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -50,6 +48,7 @@ from service.ml.artifact import (
     estimator_problems,
     load_model,
     make_predictor,
+    provenance,
     write_artifact,
 )
 from service.ml.manifest import (
@@ -58,7 +57,6 @@ from service.ml.manifest import (
     Feature,
     ModelManifest,
     scalar_hyperparameters,
-    version_for,
 )
 
 # The widest bounds a feature can have: every finite float32 (the forest compares in float32).
@@ -234,21 +232,13 @@ def package(model_path: Path, spec: PackageSpec, out_dir: Path | None = None) ->
             f"the example has {len(spec.example)} values for {len(features)} features"
         )
 
-    sha256 = hashlib.sha256(payload).hexdigest()
     kind = type(estimator)
     try:
         manifest = ModelManifest(
-            name=name,
-            version=version_for(name, sha256),
-            sha256=sha256,
-            sklearn_version=sklearn.__version__,
-            numpy_version=np.__version__,
-            joblib_version=joblib.__version__,
-            python_version=platform.python_version(),
+            **provenance(name, payload, estimator),
             features=features,
             class_names=class_names,
             example=spec.example,
-            estimator=f"{kind.__module__}.{kind.__qualname__}",
             hyperparameters=scalar_hyperparameters(estimator.get_params(deep=False)),
             packaged_at=datetime.now(UTC),
         )

@@ -7,22 +7,19 @@ same pickle bytes, hence the same sha256 and model version.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
-import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import joblib
 import numpy as np
-import sklearn
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 
-from service.ml.artifact import write_artifact
-from service.ml.manifest import Feature, ModelManifest, scalar_hyperparameters, version_for
+from service.ml.artifact import provenance, write_artifact
+from service.ml.manifest import Feature, ModelManifest, scalar_hyperparameters
 
 MODEL_NAME = "iris-rf"
 FEATURE_NAMES: tuple[str, ...] = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -50,22 +47,14 @@ def train(out_dir: Path, seed: int = 42) -> ModelManifest:
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     payload = buffer.getvalue()
-    sha256 = hashlib.sha256(payload).hexdigest()
     manifest = ModelManifest(
-        name=MODEL_NAME,
-        version=version_for(MODEL_NAME, sha256),
-        sha256=sha256,
-        sklearn_version=sklearn.__version__,
-        numpy_version=np.__version__,
-        joblib_version=joblib.__version__,
-        python_version=platform.python_version(),
+        **provenance(MODEL_NAME, payload, estimator),
         features=[
             Feature(name=name, minimum=FEATURE_RANGE_CM[0], maximum=FEATURE_RANGE_CM[1], unit="cm")
             for name in FEATURE_NAMES
         ],
         class_names=[str(name) for name in dataset.target_names],
         example=[float(value) for value in dataset.data[0]],
-        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
         hyperparameters=scalar_hyperparameters(estimator.get_params()),
         metrics={"accuracy": accuracy, "n_train": len(y_train), "n_test": len(y_test)},
         trained_at=datetime.now(UTC),
