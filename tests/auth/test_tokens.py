@@ -9,8 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from jose import jwt
 from pydantic import SecretStr
@@ -21,7 +19,7 @@ from service.infra.config import Settings
 from service.main import create_app
 from service.rules.scopes import Scope
 from tests.support.auth import bearer, login
-from tests.support.settings import ADMIN_PASSWORD
+from tests.support.settings import ADMIN_PASSWORD, es256_key_file
 
 
 def _pair(service: TokenService, username: str, scopes: frozenset[Scope], version: str) -> Any:
@@ -32,18 +30,6 @@ def _pair(service: TokenService, username: str, scopes: frozenset[Scope], versio
 
 def _with(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(update=update)
-
-
-def _es256_key(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
 
 
 def test_rotated_key_still_verifies_and_retired_key_is_refused(settings: Settings) -> None:
@@ -111,7 +97,7 @@ async def test_rotation_over_http_keeps_sessions(
 
 
 async def test_es256_mode_publishes_jwks(settings: Settings, tmp_path: Path) -> None:
-    key_file = _es256_key(tmp_path / "jwt-es256.pem")
+    key_file = es256_key_file(tmp_path / "jwt-es256.pem")
     es_settings = _with(settings, jwt_algorithm="ES256", jwt_private_key_file=key_file)
     app = create_app(es_settings)
     async with app.router.lifespan_context(app):
@@ -144,8 +130,8 @@ async def test_hs256_mode_publishes_no_key(client: httpx.AsyncClient) -> None:
 
 
 def test_es256_previous_public_key_verifies(settings: Settings, tmp_path: Path) -> None:
-    old_key = _es256_key(tmp_path / "old.pem")
-    new_key = _es256_key(tmp_path / "new.pem")
+    old_key = es256_key_file(tmp_path / "old.pem")
+    new_key = es256_key_file(tmp_path / "new.pem")
     old = TokenService(_with(settings, jwt_algorithm="ES256", jwt_private_key_file=old_key))
     token = _pair(old, "alice", frozenset(), "v").access_token
     new = TokenService(

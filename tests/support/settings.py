@@ -10,6 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from service.infra.config import Settings
 from service.ml.train import train
 from service.rules.policies import POLICIES
@@ -59,3 +62,16 @@ def trained_model_dir() -> Path:
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     train(out)
     return out
+
+
+def es256_key_file(path: Path) -> Path:
+    """A new P-256 private key in PEM at `path`, for `JWT_PRIVATE_KEY_FILE` in ES256 mode."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path

@@ -13,14 +13,18 @@ from typing import Any
 import httpx
 import pytest
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from service.infra.config import Settings
 from service.main import create_app
 from tests.support.auth import bearer, login
 from tests.support.processes import GunicornFactory, RedisProcess
-from tests.support.settings import ADMIN_PASSWORD, ADMIN_USERNAME, GENEROUS_RATES, USER_PASSWORD
+from tests.support.settings import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    GENEROUS_RATES,
+    USER_PASSWORD,
+    es256_key_file,
+)
 
 ADMIN = {"grant_type": "password", "username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
 PREDICT_BODY = {"data": [5.1, 3.5, 1.4, 0.2]}
@@ -368,26 +372,13 @@ async def test_metadata_document(client: httpx.AsyncClient) -> None:
         AuthorizationServerMetadata(plain).validate_issuer()
 
 
-def _es256_key(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 async def test_metadata_names_the_jwks_only_when_keys_are_public(
     client: httpx.AsyncClient, settings: Settings, tmp_path: Path
 ) -> None:
     hs256 = (await client.get("/.well-known/oauth-authorization-server")).json()
     assert "jwks_uri" not in hs256
-    es256 = settings.model_copy(
-        update={"jwt_algorithm": "ES256", "jwt_private_key_file": _es256_key(tmp_path / "k.pem")}
-    )
+    key_file = es256_key_file(tmp_path / "k.pem")
+    es256 = settings.model_copy(update={"jwt_algorithm": "ES256", "jwt_private_key_file": key_file})
     app = create_app(es256)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
