@@ -54,6 +54,15 @@ REDIS_PIDFILE = DATA_DIR / "redis.pid"
 # How long `make run` waits for the server to answer /readyz before it says so.
 READY_TIMEOUT = 120.0
 GUNICORN_CONF = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
+# The service under gunicorn with the project's configuration, as the image runs it.
+GUNICORN_COMMAND = (
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "-c",
+    str(GUNICORN_CONF),
+    "service.main:create_app()",
+)
 
 # The Redis user the API connects as (REDIS_URL redis://api@host:port/0, its password in
 # REDIS_PASSWORD[_FILE]).
@@ -503,15 +512,7 @@ def main() -> None:
         )
     try:
         server = subprocess.Popen(  # noqa: S603  # nosec B603 - fixed arguments, no shell
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(GUNICORN_CONF),
-                "service.main:create_app()",
-            ],
-            env=env,
+            GUNICORN_COMMAND, env=env
         )
 
         def stop(signum: int, _frame: object) -> None:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.devserver import GUNICORN_COMMAND
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-GUNICORN_CONF = REPO_ROOT / "deploy" / "gunicorn.conf.py"
 
 
 def free_ports(count: int) -> list[int]:
@@ -142,14 +142,7 @@ class GunicornProcess:
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    str(GUNICORN_CONF),
-                    "service.main:create_app()",
-                ],
+                GUNICORN_COMMAND,
                 cwd=self.workdir,
                 env=env,
                 stdout=log,
