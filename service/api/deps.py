@@ -110,7 +110,8 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 
 async def admit_prediction(request: Request, response: Response, token: BearerToken) -> Admission:
     """Token state and the per-user rate limit in one Redis round trip. Without the scope,
-    the state is checked alone (a revoked token is a 401, not a 403) and nothing is counted."""
+    the state is checked alone (a revoked token is a 401, not a 403) and nothing is counted.
+    The prediction routes' `PredictionRoute` (service/api/direct.py) calls it directly."""
     runtime = _runtime(request)
     claims = _access_claims(runtime, token)
     if Scope.PREDICT not in claims.scopes:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentUser, PredictAccess, RuntimeDep
+from service.api.direct import PredictionRoute
 from service.api.responses import ADMIN, AUTHENTICATED, BODY, LIMITED
 from service.api.schemas import (
     BatchPredictResponse,
@@ -96,8 +97,9 @@ def build_router(manifest: ModelManifest) -> APIRouter:
     """The prediction routes for the model `manifest` describes."""
     schemas = PredictionSchemas.for_manifest(manifest)
     router = APIRouter(tags=["model"])
+    predicting = APIRouter(route_class=PredictionRoute)
 
-    @router.post(
+    @predicting.post(
         "/predict",
         response_model=PredictResponse,
         responses=_PREDICT_ERRORS | _response_example(manifest),
@@ -109,7 +111,9 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         result["model_version"] = runtime.predictor.manifest.version
         return _json(result)
 
-    @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_PREDICT_ERRORS)
+    @predicting.post(
+        "/predict/batch", response_model=BatchPredictResponse, responses=_PREDICT_ERRORS
+    )
     @_annotate(body=schemas.batch_request)
     async def predict_batch(body: Any, admitted: PredictAccess) -> Response:
         runtime = admitted.runtime
@@ -127,6 +131,8 @@ def build_router(manifest: ModelManifest) -> APIRouter:
         predictions = await _infer(runtime, body.instances)
         version = runtime.predictor.manifest.version
         return _json({"predictions": predictions, "model_version": version})
+
+    router.include_router(predicting)
 
     @router.get(
         "/model", response_model=ModelInfo, status_code=status.HTTP_200_OK, responses=AUTHENTICATED

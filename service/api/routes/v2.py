@@ -24,6 +24,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
 from service.api.deps import CurrentUser, PredictAccess, RuntimeDep
+from service.api.direct import PredictionRoute
 from service.api.routes.predict import predict_rows
 from service.api.schemas import example_row
 from service.api.v2_schemas import (
@@ -134,7 +135,9 @@ def build_router(manifest: ModelManifest) -> APIRouter:
     }
     infer_errors = _errors(400, 401, 403, 413, 429, 503)
 
-    @router.post(
+    infer_routes = APIRouter(route_class=PredictionRoute)
+
+    @infer_routes.post(
         f"{model}/infer",
         response_model=InferenceResponse,
         summary="Infer",
@@ -144,7 +147,7 @@ def build_router(manifest: ModelManifest) -> APIRouter:
     async def v2_infer(request: Request, admitted: PredictAccess) -> Response:
         return await infer(request, admitted.runtime)
 
-    @router.post(
+    @infer_routes.post(
         f"{version}/infer",
         response_model=InferenceResponse,
         summary="Infer (this version)",
@@ -153,6 +156,8 @@ def build_router(manifest: ModelManifest) -> APIRouter:
     )
     async def v2_version_infer(request: Request, admitted: PredictAccess) -> Response:
         return await infer(request, admitted.runtime)
+
+    router.include_router(infer_routes)
 
     @router.get("", response_model=ServerMetadata, summary="Server metadata")
     async def v2_server_metadata(request: Request) -> Response:
