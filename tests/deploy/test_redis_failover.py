@@ -16,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.infra.keys import user_key
 from tests.deploy.conftest import Cluster
-from tests.deploy.test_cluster import SAMPLE, access_token, new_user, settled_statuses
+from tests.deploy.load import Load, Outcome, children
+from tests.deploy.test_cluster import access_token, new_user, settled_statuses
 from tests.support.auth import bearer
 from tests.support.topologies import RedisCluster, RedisSentinel, Topology
 
@@ -33,7 +32,6 @@ pytestmark = [
     pytest.mark.parametrize("cluster", ["cluster", "sentinel"], indirect=True, scope="package"),
 ]
 
-CLIENTS = 8
 WARM_UP = 2.0  # seconds of load before the kill
 MIN_OBSERVED = 5.0  # seconds of load after the kill, at least
 SETTLED = 2.0  # seconds without a failure that end the load
@@ -43,78 +41,25 @@ MAX_REQUEST = 2.0  # seconds: no request may take longer (the Redis timeout is 0
 OK = {200, 429}  # 429: the predict limit is small, and counting still works
 
 
-@dataclass(frozen=True)
-class Outcome:
-    started: float  # time.monotonic()
-    ended: float
-    status: int  # 0: no HTTP answer at all
-    retry_after: str | None
-    detail: str
+def _failures_after(outcomes: list[Outcome], moment: float) -> list[Outcome]:
+    return [o for o in outcomes if o.ended >= moment and o.status not in OK]
 
 
-class Load:
-    """`CLIENTS` clients through nginx, reading `/users/me` and predicting, until stopped;
-    every request's timing and answer are kept."""
-
-    def __init__(self, http: httpx.AsyncClient, url: str, token: str) -> None:
-        self.http, self.url, self.headers = http, url, bearer(token)
-        self.outcomes: list[Outcome] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def _client(self, index: int) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                if index % 2:
-                    response = await self.http.post(
-                        self.url + "/predict", json=SAMPLE, headers=self.headers
-                    )
-                else:
-                    response = await self.http.get(self.url + "/users/me", headers=self.headers)
-                outcome = Outcome(
-                    started,
-                    time.monotonic(),
-                    response.status_code,
-                    response.headers.get("retry-after"),
-                    "" if response.status_code in OK else response.text[:200],
-                )
-            except httpx.HTTPError as exc:
-                outcome = Outcome(started, time.monotonic(), 0, None, f"{type(exc).__name__}")
-            self.outcomes.append(outcome)
-            if outcome.status not in OK:
-                await asyncio.sleep(0.05)  # as a client honouring Retry-After would, briefly
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._client(i)) for i in range(CLIENTS)]
-
-    def failures_after(self, moment: float) -> list[Outcome]:
-        return [o for o in self.outcomes if o.ended >= moment and o.status not in OK]
-
-    async def run_until_settled(self, kill: float) -> None:
-        """Until SETTLED seconds have passed without a failure (and MIN_OBSERVED since the
-        kill), or DEADLINE."""
-        while (now := time.monotonic()) < kill + DEADLINE:
-            failures = self.failures_after(kill)
-            quiet_since = max([o.ended for o in failures], default=kill)
-            if now >= kill + MIN_OBSERVED and now >= quiet_since + SETTLED:
-                return
-            await asyncio.sleep(0.1)
-
-    async def stop(self) -> list[Outcome]:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        return self.outcomes
-
-
-def _children(pid: int) -> set[int]:
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+async def _run_until_settled(load: Load, kill: float) -> None:
+    """Until SETTLED seconds have passed without a failure (and MIN_OBSERVED since the
+    kill), or DEADLINE."""
+    while (now := time.monotonic()) < kill + DEADLINE:
+        failures = _failures_after(load.outcomes, kill)
+        quiet_since = max([o.ended for o in failures], default=kill)
+        if now >= kill + MIN_OBSERVED and now >= quiet_since + SETTLED:
+            return
+        await asyncio.sleep(0.1)
 
 
 def _processes(cluster: Cluster) -> set[int]:
     """Every gunicorn master and worker of the cluster."""
     masters = {cluster.gunicorn_pid(i) for i in range(len(cluster.instances))}
-    return masters | {child for master in masters for child in _children(master)}
+    return masters | {child for master in masters for child in children(master)}
 
 
 async def _logged_out_token(
@@ -155,11 +100,11 @@ async def test_losing_the_primary_under_load_costs_seconds_of_503_and_revives_no
     tight = await _logged_out_token(http, cluster, user)
     kill = time.monotonic()
     await asyncio.to_thread(topology.kill, victim.pid)
-    await load.run_until_settled(kill)
+    await _run_until_settled(load, kill)
     outcomes = await load.stop()
 
     after = [o for o in outcomes if o.ended >= kill]
-    failures = load.failures_after(kill)
+    failures = _failures_after(outcomes, kill)
     statuses = Counter(o.status for o in after)
     window = max((o.ended for o in failures), default=kill) - kill
     slowest = max(o.ended - o.started for o in outcomes)
