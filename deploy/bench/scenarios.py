@@ -34,6 +34,7 @@ class Scenario:
 
 # The Open Inference Protocol's infer with the same row, as a V2 client sends it in JSON.
 V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": ROWS[0]}]}
+V2_BODY_JSON = json.dumps(V2_BODY).encode()
 PREDICT_BODY = json.dumps({"data": ROWS[0]}).encode()
 
 # The ceiling: the bare FastAPI app (ceiling_app.py) answering a constant to the same request.
@@ -45,7 +46,7 @@ V2_SCENARIO = Scenario(
     "POST /v2/models/iris-rf/infer",
     "POST",
     "/v2/models/iris-rf/infer",
-    json.dumps(V2_BODY).encode(),
+    V2_BODY_JSON,
     auth=True,
 )
 BATCH_SCENARIO = Scenario(
@@ -60,7 +61,7 @@ MLSERVER_INFER = Scenario(
     "MLServer V2 infer (adaptive batching)",
     "POST",
     "/v2/models/iris-rf/infer",
-    json.dumps(V2_BODY).encode(),
+    V2_BODY_JSON,
     auth=False,
 )
 
