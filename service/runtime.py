@@ -29,6 +29,7 @@ from service.infra.redis import (
 )
 from service.limits.gate import Gate
 from service.limits.limiter import Limits
+from service.ml.coalescing import CoalescedInference
 from service.ml.predictor import Predictor
 from service.rules.accounts import normalize_username
 from service.rules.policies import POLICIES, PREDICT
@@ -49,7 +50,7 @@ class Runtime:
     sessions: SessionStore
     gate: Gate
     limits: Limits
-    _predictor: Predictor | None
+    _inference: CoalescedInference | None
 
     @classmethod
     def open(cls, settings: Settings, predictor: Predictor | None = None) -> Runtime:
@@ -81,7 +82,11 @@ class Runtime:
                 {policy: settings.rate(policy) for policy in POLICIES},
                 fail_open=settings.rate_limit_fail_open,
             ),
-            _predictor=predictor,
+            _inference=(
+                None
+                if predictor is None
+                else CoalescedInference(predictor, settings.inline_inference_rows)
+            ),
         )
 
     async def close(self) -> None:
@@ -89,9 +94,14 @@ class Runtime:
 
     @property
     def predictor(self) -> Predictor:
-        if self._predictor is None:
+        return self.inference.predictor
+
+    @property
+    def inference(self) -> CoalescedInference:
+        """The model, predicting on the event loop with this loop turn's other calls."""
+        if self._inference is None:
             raise RuntimeError("this runtime was opened without the model")
-        return self._predictor
+        return self._inference
 
     async def prepare_storage(self) -> bool:
         """Bring data written by earlier releases up to date, then ensure the admin; False

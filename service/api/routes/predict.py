@@ -39,13 +39,14 @@ async def predict_rows(runtime: Runtime, rows: FloatArray) -> tuple[FloatArray, 
     """Class probabilities and the winning class of each row: the one inference path of
     every prediction route (/predict, /predict/batch, V2 infer).
 
-    Small inputs to the fast path run inline (less work than a thread hand-off costs); larger
-    batches, and any call into scikit-learn itself, go to the thread pool so the event loop
-    never waits on them."""
+    Small inputs to the fast path run on the event loop (less work than a thread hand-off
+    costs), coalesced with the other requests' of the same loop turn (`runtime.inference`);
+    larger batches, and any call into scikit-learn itself, go to the thread pool so the
+    event loop never waits on them."""
     start = time.perf_counter()
     predictor = runtime.predictor
     if predictor.runs_inline and len(rows) <= runtime.settings.inline_inference_rows:
-        probabilities = predictor.predict_proba(rows)
+        probabilities = await runtime.inference.predict_proba(rows)
     else:
         probabilities = await run_in_threadpool(predictor.predict_proba, rows)
     winners: list[int] = probabilities.argmax(axis=1).tolist()

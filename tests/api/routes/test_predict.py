@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,28 @@ async def test_served_probabilities_equal_sklearn_on_all_iris_rows(
     assert np.max(np.abs(got - expected)) <= 1e-12
     assert [p["prediction"] for p in served] == expected.argmax(axis=1).tolist()
     assert all(p["label"] == classes[p["prediction"]] for p in served)
+
+
+async def test_concurrent_predictions_each_get_their_own_row_s_answer(
+    model_dir: Path, client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    """Concurrent requests share forest calls (`CoalescedInference`); none may get another
+    request's answer, whatever mix of /predict, batch and V2 shares a call."""
+    rows = load_iris().data.tolist()[::3]
+    expected = joblib.load(model_dir / MODEL_FILE).predict_proba(np.asarray(rows))
+
+    async def one(index: int) -> list[float]:
+        if index % 5 == 4:
+            body = {"instances": [rows[index]]}
+            response = await client.post("/predict/batch", json=body, headers=user_headers)
+            assert response.status_code == 200, response.text
+            return list(response.json()["predictions"][0]["probabilities"].values())
+        response = await client.post("/predict", json={"data": rows[index]}, headers=user_headers)
+        assert response.status_code == 200, response.text
+        return list(response.json()["probabilities"].values())
+
+    served = await asyncio.gather(*(one(i) for i in range(len(rows))))
+    np.testing.assert_array_equal(np.asarray(served), expected)
 
 
 async def test_batch_shape(client: httpx.AsyncClient, user_headers: dict[str, str]) -> None:
