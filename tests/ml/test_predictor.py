@@ -13,7 +13,7 @@ from sklearn.datasets import load_iris, load_wine
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from service.ml.manifest import Feature
-from service.ml.predictor import ForestPredictor
+from service.ml.predictor import ForestPredictor, _forest_proba
 
 FloatArray = npt.NDArray[np.float64]
 IRIS: FloatArray = np.asarray(load_iris().data, dtype=np.float64)
@@ -103,12 +103,24 @@ def test_threshold_rows_tell_float32_from_float64(predictor: ForestPredictor) ->
     assert np.any(as_float32 != (values <= cut))
 
 
-def test_batches_larger_than_one_chunk(predictor: ForestPredictor) -> None:
+def test_a_batch_answers_as_its_rows_one_by_one(predictor: ForestPredictor) -> None:
     rng = np.random.default_rng(3)
     X = IRIS[rng.integers(0, len(IRIS), size=1_000)]
     _assert_matches_reference(predictor, X)
     single = np.concatenate([predictor.predict_proba(row[None, :]) for row in X[:50]])
     np.testing.assert_array_equal(predictor.predict_proba(X)[:50], single)
+
+
+def test_the_walk_is_compiled_when_the_predictor_is_built(predictor: ForestPredictor) -> None:
+    """Under gunicorn that is in the master, before the fork: no request pays numba's
+    compilation (about a second), whatever the row count or the array's layout."""
+    compiled = list(_forest_proba.signatures)
+    assert len(compiled) == 1
+    predictor.predict_proba(np.asarray([[5.1, 3.5, 1.4, 0.2]]))
+    predictor.predict_proba(IRIS[:64])
+    predictor.predict_proba(np.asfortranarray(IRIS[:64]))
+    predictor.predict_proba(IRIS[:64].astype(np.float32))
+    assert list(_forest_proba.signatures) == compiled
 
 
 def test_probabilities_are_distributions(predictor: ForestPredictor) -> None:
