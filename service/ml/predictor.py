@@ -188,10 +188,13 @@ class ForestPredictor:
         return np.asarray(self.estimator.predict_proba(X32), dtype=np.float64)
 
     def _shaped(self, X: FloatArray) -> FloatArray:
+        """`X` as the one array type `_forest_proba` was compiled for: float64, C order,
+        writable (a read-only array, e.g. V2's binary tensor data, would make numba compile
+        another version of it during a request)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an array of shape (n, {self.n_features}), got {X.shape}")
-        return X
+        return X if X.flags.writeable else X.copy()
 
 
 _NOT_FINITE = "input contains NaN, infinity or a value too large for float32"

@@ -120,6 +120,9 @@ def test_the_walk_is_compiled_when_the_predictor_is_built(predictor: ForestPredi
     predictor.predict_proba(IRIS[:64])
     predictor.predict_proba(np.asfortranarray(IRIS[:64]))
     predictor.predict_proba(IRIS[:64].astype(np.float32))
+    read_only = IRIS[:2].copy()
+    read_only.setflags(write=False)  # as V2's binary tensor data arrives (np.frombuffer)
+    predictor.predict_proba(read_only)
     assert list(_forest_proba.signatures) == compiled
 
 
