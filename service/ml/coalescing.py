@@ -3,17 +3,19 @@ one turn of the event loop run as one call of the predictor.
 
 Under load a worker holds dozens of requests at once, and their gate replies arrive
 together (one pipelined round trip, `service.infra.autopipeline`), so they reach the model
-in the same loop turn. Evaluated one by one, each row pays the forest's whole fixed cost
-(two dozen numpy calls, with caches the other requests have just cooled): ~29 µs for one
-row alone and twice that under load, against ~56 µs for eight rows in one call
-(`deploy/bench/model_bench.py`). This is a model server's adaptive batching with no
-waiting: a request that arrives alone is predicted on the next loop turn, and a batch
-never waits for more requests to come.
+in the same loop turn. Called one by one, each pays the predictor's fixed cost (shape and
+dtype checks, the output array, numba's dispatch) with the walk's data cooled by the other
+requests in between; called once, the rows share it. Measured against the same code calling
+the predictor directly (`make bench BASELINE=...`, 2 rounds): 4-15% more `/predict`
+throughput, 6-8% less worker CPU per request. This is a model server's adaptive batching
+with no waiting: a request that arrives alone is predicted on the next loop turn, and a
+batch never waits for more requests to come.
 
 Only a predictor whose rows are independent and bit-for-bit the same whatever else is in
-the call may be coalesced (`ForestPredictor`: see its docstring); each caller gets exactly
-the probabilities it would have got alone. A call that fails is retried row group by row
-group, so one caller's bad input answers only that caller.
+the call may be coalesced: the API coalesces the predictors that run inline, which is
+`ForestPredictor` (see its docstring), so each caller gets exactly the probabilities it
+would have got alone. When a joined call fails, each of its callers is retried alone, so
+one caller's bad input answers only that caller.
 """
 
 from __future__ import annotations
