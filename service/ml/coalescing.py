@@ -6,10 +6,10 @@ together (one pipelined round trip, `service.infra.autopipeline`), so they reach
 in the same loop turn. Called one by one, each pays the predictor's fixed cost (shape and
 dtype checks, the output array, numba's dispatch) with the walk's data cooled by the other
 requests in between; called once, the rows share it. Measured against the same code calling
-the predictor directly (`make bench BASELINE=...`, 2 rounds): 4-15% more `/predict`
-throughput, 6-8% less worker CPU per request. This is a model server's adaptive batching
-with no waiting: a request that arrives alone is predicted on the next loop turn, and a
-batch never waits for more requests to come.
+the predictor directly (`make bench BASELINE=...`, 2 rounds at 16 and 64 connections): 4-15%
+more `/predict` throughput, 4-12% less worker CPU per request. This is a model server's
+adaptive batching with no waiting: a request that arrives alone is predicted on the next
+loop turn, and a batch never waits for more requests to come.
 
 Only a predictor whose rows are independent and bit-for-bit the same whatever else is in
 the call may be coalesced: the API coalesces the predictors that run inline, which is
