@@ -10,9 +10,9 @@ the joblib ``Parallel`` wrapper on every call, whatever the row count, which dwa
 for the few rows a request carries. Here the trees are packed once into flat arrays and
 walked by one small function compiled with numba (`_forest_proba`): each row down each
 tree, as scikit-learn's own compiled loop does, in one call for the whole input. Figures
-(README, Performance; ``deploy/bench/model_bench.py`` measures both): ~2 µs of walking
-for one Iris row and ~120 µs for 64, where the vectorised numpy walk it replaced spent
-~29 µs and ~310 µs in two dozen numpy calls. The function is compiled when the predictor
+(README, Performance; ``deploy/bench/model_bench.py`` measures both): ~3.4 µs per call for
+one Iris row and ~82 µs for 64, where the vectorised numpy walk it replaced spent ~29 µs
+and ~310 µs in two dozen numpy calls. The function is compiled when the predictor
 is built (under gunicorn: once, in the master, before the workers fork), not on the first
 request; it releases the GIL, so a large batch in the thread pool leaves the event loop
 free.
@@ -40,6 +40,7 @@ FloatArray = npt.NDArray[np.float64]
 _IndexArray = npt.NDArray[np.intp]
 
 _TREE_LEAF = -1
+_NOT_FINITE = "input contains NaN, infinity or a value too large for float32"
 
 
 class Predictor(Protocol):
@@ -195,9 +196,6 @@ class ForestPredictor:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an array of shape (n, {self.n_features}), got {X.shape}")
         return X if X.flags.writeable else X.copy()
-
-
-_NOT_FINITE = "input contains NaN, infinity or a value too large for float32"
 
 
 class SklearnPredictor:
