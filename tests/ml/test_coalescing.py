@@ -4,6 +4,7 @@ still gets exactly its own answer (or its own error)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,15 @@ def _inputs(sizes: list[int]) -> list[FloatArray]:
     return [IRIS[p] + e for p, e in zip(picks, noise, strict=True)]
 
 
+def _assert_each_got_its_own(
+    predictor: ForestPredictor, inputs: Sequence[FloatArray], answers: Sequence[object]
+) -> None:
+    """Every answer is exactly what predicting that caller's rows alone gives."""
+    for rows, answer in zip(inputs, answers, strict=True):
+        assert isinstance(answer, np.ndarray)
+        np.testing.assert_array_equal(answer, predictor.predict_proba(rows))
+
+
 async def test_one_turns_calls_share_a_call_and_get_exactly_their_own_answers(
     predictor: ForestPredictor,
 ) -> None:
@@ -45,8 +55,7 @@ async def test_one_turns_calls_share_a_call_and_get_exactly_their_own_answers(
     answers = await asyncio.gather(*(inference.predict_proba(rows) for rows in inputs))
 
     assert counting.calls == [sum(len(rows) for rows in inputs)]
-    for rows, answer in zip(inputs, answers, strict=True):
-        np.testing.assert_array_equal(answer, predictor.predict_proba(rows))
+    _assert_each_got_its_own(predictor, inputs, answers)
 
 
 async def test_calls_are_grouped_up_to_max_rows_and_a_larger_one_runs_alone(
@@ -59,8 +68,7 @@ async def test_calls_are_grouped_up_to_max_rows_and_a_larger_one_runs_alone(
     answers = await asyncio.gather(*(inference.predict_proba(rows) for rows in inputs))
 
     assert counting.calls == [6, 3, 20, 8, 1]
-    for rows, answer in zip(inputs, answers, strict=True):
-        np.testing.assert_array_equal(answer, predictor.predict_proba(rows))
+    _assert_each_got_its_own(predictor, inputs, answers)
 
 
 @pytest.mark.parametrize(
@@ -87,9 +95,7 @@ async def test_a_bad_input_fails_only_its_own_caller(
     )
 
     assert isinstance(results[1], ValueError)
-    for rows, answer in zip(good, [results[0], *results[2:]], strict=True):
-        assert isinstance(answer, np.ndarray)
-        np.testing.assert_array_equal(answer, predictor.predict_proba(rows))
+    _assert_each_got_its_own(predictor, good, [results[0], *results[2:]])
 
 
 async def test_a_call_alone_is_answered_on_the_next_turn(predictor: ForestPredictor) -> None:
@@ -113,5 +119,4 @@ async def test_a_cancelled_caller_is_skipped_and_the_others_answered(
 
     assert isinstance(results[1], asyncio.CancelledError)
     assert counting.calls == [2]
-    for index in (0, 2):
-        np.testing.assert_array_equal(results[index], predictor.predict_proba(inputs[index]))
+    _assert_each_got_its_own(predictor, [inputs[0], inputs[2]], [results[0], results[2]])
