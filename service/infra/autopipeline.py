@@ -14,18 +14,32 @@ sentinel client's pool follows the primary. Each call keeps its own outcome: a s
 error answers only its caller; a failure of the whole round trip answers every caller of
 the batch with a `RedisError`, after one more try of a broken connection, as the client
 does for single calls.
+
+On a single Redis (standalone, or the primary a sentinel names) a batch skips redis-py's
+`Pipeline` object but not its connections: the EVALSHA commands are encoded here into one
+buffer (`_packed`), written on a pooled connection, and the replies read back in order, the
+whole round trip within the connection's socket timeout. The connection is still redis-py's
+(pool, authentication, health checks, the hiredis parser, the sentinel's failover
+handling); what is skipped is per-command work a script call does not need: generic
+argument encoding (redis-py's `pack_command` takes ~20 µs for one gate call, `_packed`
+~5-9), command-name callbacks and a timeout per reply. Measured with 32 concurrent gate calls
+(one worker's share at 64 connections): 43-50 -> 19-21 µs of client CPU per call. A cluster batch
+keeps redis-py's cluster pipeline, which routes the calls by slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.infra.redis import RedisClient
 
@@ -67,10 +81,13 @@ class AutoPipeline:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
+            if isinstance(self._client, Redis):
+                replies = await _round_trip(self._client, batch)
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for script, keys, args, _ in batch:
+                        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    replies = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:  # the worker is shutting down
             for *_, future in batch:
                 future.cancel()
@@ -87,6 +104,64 @@ class AutoPipeline:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+async def _round_trip(client: Redis, batch: list[_Call]) -> list[Any]:
+    """One write of the batch's EVALSHA commands on a pooled connection and their replies in
+    order, a script error in the place of its reply. Every reply is read before the
+    connection goes back to the pool; a timeout or a broken connection disconnects it
+    (redis-py does so for any exception that interrupts a read or a write)."""
+    packed = b"".join([_packed(script.sha, keys, args) for script, keys, args, _ in batch])
+    pool = client.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        # One deadline for the round trip instead of one per reply (math.inf below: no
+        # timeout of the read's own).
+        async with asyncio.timeout(connection.socket_timeout):
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+    except TimeoutError:
+        raise RedisTimeoutError("Timeout in a round trip to Redis") from None
+    finally:
+        await pool.release(connection)
+
+
+_HEADS: dict[str, bytes] = {}
+
+
+def _packed(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
+    """`EVALSHA sha numkeys *keys *args` in RESP, as redis-py would encode it (str as UTF-8,
+    int in decimal, bytes as they are); the part before the keys is made once per script."""
+    head = _HEADS.get(sha)
+    if head is None:
+        head = _HEADS[sha] = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
+    values = [_encoded(value) for value in (len(keys), *keys, *args)]
+    return b"*%d\r\n%b%b" % (
+        len(values) + 2,
+        head,
+        b"".join([b"$%d\r\n%b\r\n" % (len(value), value) for value in values]),
+    )
+
+
+def _bulk(value: Any) -> bytes:
+    encoded = _encoded(value)
+    return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
+
+
+def _encoded(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    raise DataError(f"a script argument must be str, bytes or int, not {type(value).__name__}")
 
 
 def _failure(exc: Exception) -> BaseException:

@@ -4,15 +4,18 @@ keeps its own reply or error, and a failed round trip fails fast for every calle
 from __future__ import annotations
 
 import asyncio
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.infra.autopipeline import AutoPipeline
+from service.infra.autopipeline import AutoPipeline, _packed
 from service.infra.redis import create_redis
 from tests.support.processes import RedisProcess
 from tests.support.settings import make_settings
@@ -133,6 +136,66 @@ async def test_an_unreachable_redis_fails_every_caller_fast() -> None:
         assert any(isinstance(result, RedisConnectionError) for result in results)
         # Each caller raises an exception object of its own.
         assert len({id(result) for result in results}) == len(results)
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("keys", "args"),
+    [
+        (["u:{alice}", "s:{alice}:1", "r:predict:{alice}"], ["1", "1", "v1", 100, 60000, "0"]),
+        (["u:{zoë}"], ["ünïcode", b"\x00raw\r\n", 0, -7, ""]),
+        ([], []),
+    ],
+)
+def test_calls_are_encoded_as_redis_py_encodes_them(
+    keys: list[str], args: list[str | bytes | int]
+) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    expected = b"".join(Connection().pack_command("EVALSHA", sha, len(keys), *keys, *args))
+    assert _packed(sha, keys, args) == expected
+
+
+@pytest.mark.parametrize("value", [True, 1.5, None])
+def test_an_argument_redis_py_would_not_send_is_refused(value: object) -> None:
+    with pytest.raises(DataError):
+        _packed("0" * 40, ["k"], [value])
+
+
+async def test_a_stalled_redis_fails_every_caller_within_the_socket_timeout(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """A Redis that stops answering mid-connection (paused, or a peer that died without
+    closing): the batch fails with a timeout instead of hanging, and the connection it left
+    half-read is not handed to the next batch."""
+    server = RedisProcess(tmp_path).start()
+    assert server.proc is not None
+    client = create_redis(make_settings(server.url, model_dir, redis_socket_timeout=0.3))
+    script = client.register_script(ADD)
+    pipeline = AutoPipeline(client)
+    try:
+        await pipeline.run(script, ["s"], [1])
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(pipeline.run(script, ["s"], [1]) for _ in range(8)),
+                    return_exceptions=True,
+                ),
+                timeout=5,
+            )
+            elapsed = loop.time() - started
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+
+        assert all(isinstance(result, RedisTimeoutError) for result in results), results
+        assert elapsed < 2
+        # Redis ran the stalled calls once it resumed; their replies went with the dropped
+        # connection, so the next caller reads its own reply, not one of theirs.
+        assert await pipeline.run(script, ["s"], [100]) == 109
     finally:
         await client.aclose()
         server.stop()
