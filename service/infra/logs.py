@@ -12,6 +12,11 @@ context the middleware opens, `service.infra.context`), so a warning from deep i
 request joins that request's access line.
 As a last line of defence, anything shaped like a bearer credential or a JWT is masked in
 the formatted line; nothing should log one in the first place.
+
+The access log (one line per answered request, `log_access`) is written off the request
+path once `defer_access_log` runs (in each worker's lifespan): a request queues an
+`AccessEntry` tuple, and a writer thread formats and writes a batch of them a few times a
+second.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -56,6 +61,56 @@ def _timestamp(created: float) -> str:
     return f"{_last_second[1]}.{int((created - second) * 1000):03d}Z"
 
 
+class AccessEntry(NamedTuple):
+    """One answered request, as its access line reports it."""
+
+    created: float  # time.time() when it was answered
+    request_id: str
+    method: str
+    route: str
+    status: int
+    duration_ms: float
+    user: str | None
+    client_ip: str | None
+
+    @property
+    def message(self) -> str:
+        return f"{self.method} {self.route} {self.status}"
+
+    def fields(self) -> dict[str, Any]:
+        """The line's own fields, in the order they are written."""
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "user": self.user,
+            "client_ip": self.client_ip,
+        }
+
+
+_access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def access_record(entry: AccessEntry) -> logging.LogRecord:
+    """The `service.access` record of an entry, as `logger.info` would make it (minus
+    finding the caller's source line), stamped with the time the request was answered."""
+    record = _access_logger.makeRecord(
+        ACCESS_LOGGER,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s %d",
+        (entry.method, entry.route, entry.status),
+        None,
+        extra={"fields": entry.fields()},
+    )
+    record.created = entry.created
+    record.msecs = (entry.created - int(entry.created)) * 1000
+    return record
+
+
 class JsonFormatter(logging.Formatter):
     """`time`, `level`, `logger`, `message`, `instance`, `request_id` when in a request,
     the record's `fields` dict (pass `extra={"fields": {...}}`), and `traceback` on errors."""
@@ -84,6 +139,17 @@ class JsonFormatter(logging.Formatter):
             payload["stack"] = self.formatStack(record.stack_info)
         return redact(orjson.dumps(payload, default=str).decode())
 
+    def format_access(self, entry: AccessEntry) -> str:
+        """`format(access_record(entry))` outside any request, without the record."""
+        payload = {
+            "time": _timestamp(entry.created),
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "message": entry.message,
+            "instance": self.instance,
+        } | entry.fields()
+        return redact(orjson.dumps(payload, default=str).decode())
+
 
 class TextFormatter(logging.Formatter):
     """`time level logger [request id] message key=value ...`, then any traceback."""
@@ -107,6 +173,12 @@ class TextFormatter(logging.Formatter):
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
         return redact(line)
+
+    def format_access(self, entry: AccessEntry) -> str:
+        """`format(access_record(entry))` outside any request, without the record."""
+        parts = [_timestamp(entry.created), "INFO", ACCESS_LOGGER, entry.message]
+        parts.extend(f"{key}={value}" for key, value in entry.fields().items() if value is not None)
+        return redact(" ".join(parts))
 
 
 def logging_config(settings: Settings) -> dict[str, Any]:
@@ -153,6 +225,9 @@ def configure_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings))
 
 
+_Queued = logging.LogRecord | AccessEntry
+
+
 class _Deferred(logging.handlers.QueueHandler):
     """Hands records to the queue as they are: the writer's handlers format them."""
 
@@ -160,21 +235,43 @@ class _Deferred(logging.handlers.QueueHandler):
         return record
 
 
+class _AccessQueue:
+    """Where `log_access` puts entries while the access log is deferred (None otherwise)."""
+
+    queue: queue.SimpleQueue[_Queued] | None = None
+
+
+_access_queue = _AccessQueue()
+
+
+def log_access(entry: AccessEntry) -> None:
+    """Write a request's access line: queued as it is while the access log is deferred
+    (the writer formats it), else handled now as a `service.access` record."""
+    deferred = _access_queue.queue
+    if deferred is None or _access_logger.filters:
+        _access_logger.handle(access_record(entry))
+    else:
+        deferred.put(entry)
+
+
 class _BatchWriter(threading.Thread):
-    """Formats and writes the queued access records every `interval` seconds, each batch in
+    """Formats and writes the queued access lines every `interval` seconds, each batch in
     one write per handler.
 
     logging's own QueueListener wakes on every record: a thread switch and a contest for the
     GIL with the event loop per request, which cost about 160 µs of a worker's CPU per
     `POST /predict` under load (`make bench` with LOG_LEVEL=warning against info). Waking a
-    few times a second instead costs the request only the queue's append. A record keeps the
-    time it was made; it is written at most `interval` later, and a worker that is killed
-    outright loses at most that much of its log.
+    few times a second instead costs the request only the queue's append. A request queues
+    an `AccessEntry` (a tuple), not a `LogRecord`: the service's formatters write its line
+    from the tuple (`format_access`), which takes a fifth of what making and formatting a
+    record does. A line keeps the time its request was answered; it is written at most
+    `interval` later, and a worker that is killed outright loses at most that much of its
+    log.
     """
 
     def __init__(
         self,
-        records: queue.SimpleQueue[logging.LogRecord],
+        records: queue.SimpleQueue[_Queued],
         handlers: list[logging.StreamHandler[Any]],
         interval: float,
     ) -> None:
@@ -193,26 +290,27 @@ class _BatchWriter(threading.Thread):
         self._stopping.set()
         self.join()
 
-    def _drain(self) -> list[logging.LogRecord]:
-        batch: list[logging.LogRecord] = []
+    def _drain(self) -> list[_Queued]:
+        batch: list[_Queued] = []
         while True:
             try:
                 batch.append(self._records.get_nowait())
             except queue.Empty:
                 return batch
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
+    def _write(self, batch: list[_Queued]) -> None:
         if not batch:
             return
         for handler in self._handlers:
             lines = []
-            for record in batch:
-                if record.levelno < handler.level:
-                    continue
+            for item in batch:
                 try:
-                    lines.append(handler.format(record) + handler.terminator)
+                    line = _line(handler, item)
                 except Exception:
-                    handler.handleError(record)
+                    handler.handleError(_as_record(item))
+                    continue
+                if line is not None:
+                    lines.append(line + handler.terminator)
             if not lines:
                 continue
             handler.acquire()
@@ -220,15 +318,31 @@ class _BatchWriter(threading.Thread):
                 handler.stream.write("".join(lines))
                 handler.flush()
             except Exception:
-                handler.handleError(batch[-1])
+                handler.handleError(_as_record(batch[-1]))
             finally:
                 handler.release()
 
 
+def _line(handler: logging.Handler, item: _Queued) -> str | None:
+    """The line `handler` writes for a queued item, None when its level or filters drop it."""
+    if isinstance(item, AccessEntry) and not handler.filters:
+        formatter = handler.formatter
+        if isinstance(formatter, JsonFormatter | TextFormatter) and handler.level <= logging.INFO:
+            return formatter.format_access(item)
+    record = _as_record(item)
+    if record.levelno < handler.level or not handler.filter(record):
+        return None
+    return handler.format(record)
+
+
+def _as_record(item: _Queued) -> logging.LogRecord:
+    return access_record(item) if isinstance(item, AccessEntry) else item
+
+
 def defer_access_log(interval: float = 0.1) -> Callable[[], None]:
     """Format and write the access log on a thread of its own, off the request path: a
-    request only builds its record and queues it. Per worker (threads do not survive a
-    fork); returns the function that writes what is left and restores the logger.
+    request only queues its entry (`log_access`) or record. Per worker (threads do not
+    survive a fork); returns the function that writes what is left and restores the logger.
 
     Only when our own logging configuration is in place (gunicorn's `logconfig_dict`,
     `configure_logging`): an embedding program's or pytest's handlers are left alone.
@@ -241,13 +355,15 @@ def defer_access_log(interval: float = 0.1) -> Callable[[], None]:
     ]
     if not targets or access.handlers:
         return lambda: None
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
     writer = _BatchWriter(records, targets, interval)
     access.addHandler(_Deferred(records))
     access.propagate = False
+    _access_queue.queue = records
     writer.start()
 
     def stop() -> None:
+        _access_queue.queue = None
         writer.stop()
         access.handlers.clear()
         access.propagate = True

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.infra import metrics
 from service.infra.context import RequestContext, close_context, open_context
 from service.infra.errors import error_body, raised_by_redis, storage_unavailable
-from service.infra.logs import ACCESS_LOGGER
+from service.infra.logs import ACCESS_LOGGER, AccessEntry, log_access
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -191,27 +191,17 @@ class ObservabilityMiddleware:
         if context.auth_failure is not None:
             metrics.AUTH_FAILURES.labels(context.auth_failure).inc()
         if access_logger.isEnabledFor(logging.INFO):
-            # makeRecord + handle: what `info()` does, minus finding the caller's source line.
             client = scope.get("client")
-            fields = {
-                "request_id": context.request_id,
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "user": context.user,
-                "client_ip": client[0] if client else None,
-            }
-            access_logger.handle(
-                access_logger.makeRecord(
-                    access_logger.name,
-                    logging.INFO,
-                    __file__,
-                    0,
-                    "%s %s %d",
-                    (method, route, status),
-                    None,
-                    extra={"fields": fields},
+            log_access(
+                AccessEntry(
+                    time.time(),
+                    context.request_id,
+                    method,
+                    route,
+                    status,
+                    round(seconds * 1000, 3),
+                    context.user,
+                    client[0] if client else None,
                 )
             )
 

@@ -15,10 +15,13 @@ from service.infra.context import close_context, open_context
 from service.infra.logs import (
     ACCESS_LOGGER,
     STDERR_HANDLER,
+    AccessEntry,
     JsonFormatter,
     TextFormatter,
+    access_record,
     configure_logging,
     defer_access_log,
+    log_access,
     logging_config,
     redact,
 )
@@ -175,3 +178,75 @@ def test_access_lines_are_written_off_the_request_path_in_batches() -> None:
     assert stream.writes == ["".join(f"line {n}\n" for n in range(200))]
     assert access.handlers == []
     assert access.propagate
+
+
+ENTRIES = [
+    AccessEntry(1764000000.25, "a" * 32, "POST", "/predict", 200, 1.234, "alice", "127.0.0.1"),
+    AccessEntry(1764000001.999, "b" * 32, "GET", "unmatched", 404, 0.05, None, None),
+    # Nothing should ever put a credential here; if something did, it is masked all the same.
+    AccessEntry(1764000002.0, "c" * 32, "OTHER", "/token", 401, 3.0, "eyJa.eyJb.sig", "::1"),
+]
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter("api-1"), TextFormatter("api-1")])
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_an_access_line_from_its_entry_is_the_line_of_its_record(
+    formatter: JsonFormatter | TextFormatter, entry: AccessEntry
+) -> None:
+    """The writer thread formats entries without making records (`format_access`): the line
+    must be the one the record would have given, field for field and in the same order."""
+    expected = formatter.format(access_record(entry))
+    assert formatter.format_access(entry) == expected
+    assert "eyJa" not in expected
+
+
+def test_access_entries_are_written_off_the_request_path_in_order_with_records() -> None:
+    stream = _CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.set_name(STDERR_HANDLER)
+    handler.setFormatter(JsonFormatter("api-1"))
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = root.handlers[:], access.level
+    root.handlers = [handler]
+    access.setLevel(logging.INFO)
+    try:
+        stop = defer_access_log(interval=3600)
+        log_access(ENTRIES[0])
+        access.warning("between")
+        log_access(ENTRIES[1])
+        assert stream.writes == []  # nothing formatted or written on the caller's thread
+        stop()
+        log_access(ENTRIES[2])  # after stop: handled at once, as a record
+    finally:
+        root.handlers, _ = saved
+        access.setLevel(saved[1])
+    lines = [json.loads(line) for line in "".join(stream.writes).splitlines()]
+    assert [line["message"] for line in lines] == [
+        "POST /predict 200",
+        "between",
+        "GET unmatched 404",
+        "OTHER /token 401",
+    ]
+    assert lines[0]["time"] == "2025-11-24T16:00:00.250Z"
+    assert lines[0]["request_id"] == "a" * 32
+
+
+def test_a_handler_with_a_formatter_of_its_own_gets_the_access_record() -> None:
+    stream = _CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.set_name(STDERR_HANDLER)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = root.handlers[:], access.level
+    root.handlers = [handler]
+    access.setLevel(logging.INFO)
+    try:
+        stop = defer_access_log(interval=3600)
+        log_access(ENTRIES[0])
+        stop()
+    finally:
+        root.handlers, _ = saved
+        access.setLevel(saved[1])
+    assert stream.writes == ["service.access INFO POST /predict 200\n"]
