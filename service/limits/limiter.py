@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request, Response, status
 from fastapi_limiter.depends import RateLimiter
-from pyrate_limiter import AbstractBucket, BucketFactory, Duration, Limiter, RateItem
+from pyrate_limiter import (
+    AbstractBucket,
+    BucketFactory,
+    Duration,
+    Limiter,
+    RateItem,
+    validate_rate_list,
+)
 from pyrate_limiter import Rate as PyrateRate
 from redis.exceptions import RedisError
 
@@ -149,9 +156,18 @@ class GateBucket(AbstractBucket):
     is_async = True
 
     def __init__(self, factory: GateBucketFactory, identity: str) -> None:
-        self.rates = [factory.pyrate_rate]
         self._factory = factory
         self._identity = identity
+
+    @property
+    def rates(self) -> list[PyrateRate]:
+        """The policy's rate, its list checked once by the factory: the base class's setter
+        sorts and validates the list on each assignment, i.e. on every request here."""
+        return self._factory.pyrate_rates
+
+    @rates.setter
+    def rates(self, value: list[PyrateRate]) -> None:
+        raise AttributeError("a gate bucket's rate is its policy's (GateBucketFactory.rate)")
 
     async def put(self, item: RateItem) -> bool:
         call = _current_call.get()
@@ -194,10 +210,11 @@ class GateBucketFactory(BucketFactory):
     policy: Policy
     rate: Rate
     fail_open: bool = False
-    pyrate_rate: PyrateRate = field(init=False)
+    pyrate_rates: list[PyrateRate] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pyrate_rate = PyrateRate(self.rate.limit, Duration.SECOND * self.rate.window)
+        self.pyrate_rates = [PyrateRate(self.rate.limit, Duration.SECOND * self.rate.window)]
+        validate_rate_list(self.pyrate_rates)
 
     def wrap_item(self, name: str, weight: int = 1) -> RateItem:
         return RateItem(name, 0, weight=weight)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from service.limits.gate import Gate
+from service.limits.limiter import GateBucketFactory
+from service.rules.policies import PREDICT
+from service.rules.rates import Rate
 from tests.support.auth import bearer, create_user, login
 from tests.support.settings import USER_PASSWORD
 
@@ -177,3 +181,16 @@ async def test_counted_requests_carry_the_headers_whatever_their_status(
     assert '"login";q=3;w=60' in failed_login.headers["ratelimit-policy"]
     not_counted = await client.get("/users/me", headers=user_headers)
     assert "ratelimit" not in not_counted.headers
+
+
+def test_each_key_gets_a_bucket_of_its_own_that_carries_the_policys_rate() -> None:
+    factory = GateBucketFactory(cast(Gate, object()), PREDICT, Rate(5, 60))
+    # fastapi-limiter's key: the identifier, then ":<route index>:<dependency index>".
+    alice = factory.get(factory.wrap_item("alice:3:0"))
+    bob = factory.get(factory.wrap_item("bob:1:0"))
+
+    assert alice is not bob
+    assert [(rate.limit, rate.interval) for rate in alice.rates] == [(5, 60_000)]
+    assert bob.rates == alice.rates
+    with pytest.raises(AttributeError):
+        alice.rates = []
