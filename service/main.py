@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from authlib.oauth2.base import OAuth2Error
 from fastapi import FastAPI, Request, Response
 
+from service.api.direct import PredictionLane
 from service.api.docs import install_docs
 from service.api.oauth import oauth_error_response
 from service.api.routes import auth, meta, predict, sessions, users, v2
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     install_docs(app)
+    # Middleware added first sits innermost: the lane hands prediction requests to their
+    # route right below the body-size limit.
+    app.add_middleware(PredictionLane, routes_of=app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it sees (and labels, logs and heads) every answer.
     app.add_middleware(ObservabilityMiddleware)

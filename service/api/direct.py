@@ -19,6 +19,10 @@ Everything else stays FastAPI's: the route is declared with `APIRouter.post`, so
 come from the same declaration as before. It leans on FastAPI's `Dependant` and
 `request_body_to_args`; FastAPI is pinned, and tests/api/test_direct.py compares every answer
 with a plain `APIRoute`'s, so an upgrade that changes either shows there.
+
+`PredictionLane`, the innermost middleware, takes a POST to one of these routes' paths
+straight to the route, past FastAPI's exit-stack middleware and the router's scan (in-process,
+~7% of a `POST /predict`'s CPU); the app's exception handlers still answer what it raises.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response, status
+from fastapi import FastAPI, Request, Response, status
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_body_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import admit_prediction, oauth2_scheme
@@ -146,3 +151,52 @@ def _the_admission(dependant: Dependant) -> str:
     if len(calls) != 1 or calls[0][1] is not admit_prediction or calls[0][0] is None:
         raise TypeError(f"{dependant.path}: a prediction route depends on PredictAccess only")
     return calls[0][0]
+
+
+class PredictionLane:
+    """ASGI middleware, innermost: a POST to a prediction route's own path goes straight to
+    that route, inside Starlette's own `ExceptionMiddleware` with the app's handlers.
+
+    Between the user middleware and a route, every request also passes FastAPI's
+    exit-stack middleware (an `AsyncExitStack` per request, for files and `yield`
+    dependencies) and the router, which tries the routes in order and updates the scope. A
+    prediction route needs neither: its path is fixed, and it has no file to close and no
+    dependency with `yield` (`PredictionRoute` refuses one). So the lane looks its path up,
+    sets what the router would have set in the scope (`router`, `route`, `endpoint`,
+    `path_params`), and lets the app's exception handlers answer what the route raises, as
+    the app's own `ExceptionMiddleware` would. Anything else (another method, a trailing
+    slash, a mounted root path) takes the usual way. tests/api/test_direct.py compares every
+    answer with a plain `APIRoute` twin's, which the router serves.
+    """
+
+    def __init__(self, app: ASGIApp, *, routes_of: FastAPI) -> None:
+        self.app = app
+        self._router = routes_of.router
+        # As Starlette splits them: 500 and Exception go to ServerErrorMiddleware, the rest to
+        # ExceptionMiddleware. Read when the middleware stack is built, at the first request
+        # or lifespan event, once every handler and route is in place.
+        handlers = {
+            key: handler
+            for key, handler in routes_of.exception_handlers.items()
+            if key not in (500, Exception)
+        }
+        self._lanes = {
+            route.path: (route, ExceptionMiddleware(route.app, handlers, debug=routes_of.debug))
+            for route in routes_of.router.routes
+            if isinstance(route, PredictionRoute)
+            and route.methods == {"POST"}
+            and not route.param_convertors
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            lane = self._lanes.get(scope["path"])
+            if lane is not None:
+                route, handled = lane
+                scope.setdefault("router", self._router)
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = {}
+                await handled(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -178,3 +178,41 @@ def test_an_endpoint_it_cannot_serve_is_refused_when_declared(endpoint: Any) -> 
     router = APIRouter(route_class=PredictionRoute)
     with pytest.raises(TypeError, match="a prediction route"):
         router.add_api_route("/x", endpoint, methods=["POST"])
+
+
+@pytest.fixture
+def routed(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the requests that reached the router (the lane's are not among them)."""
+    paths: list[str] = []
+    dispatch = app.router.middleware_stack
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        paths.append(scope["path"])
+        await dispatch(scope, receive, send)
+
+    monkeypatch.setattr(app.router, "middleware_stack", counting)
+    return paths
+
+
+async def test_prediction_requests_take_the_lane_and_nothing_else_does(
+    client: httpx.AsyncClient, user_headers: dict[str, str], routed: list[str]
+) -> None:
+    v2 = (
+        b'{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",'
+        b' "data": [5.1, 3.5, 1.4, 0.2]}]}'
+    )
+    bodies = {"/predict": b'{"data": [5.1, 3.5, 1.4, 0.2]}', "/predict/batch": b'{"instances": []}'}
+    for route in ROUTES:
+        body = bodies.get(route, v2)
+        answered = await client.post(route, content=body, headers=user_headers | JSON)
+        refused = await client.post(route, content=body, headers=JSON)  # no token: 401
+        assert answered.status_code in (200, 422), answered.text
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert routed == []
+
+    # Another method, a trailing slash, another route: the router's, as before.
+    assert (await client.get("/predict", headers=user_headers)).status_code == 405
+    assert (await client.post("/predict/", headers=user_headers)).status_code in (307, 404)
+    assert (await client.get("/healthz")).status_code == 200
+    assert routed == ["/predict", "/predict/", "/healthz"]
