@@ -13,7 +13,7 @@ from sklearn.datasets import load_iris, load_wine
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from service.ml.manifest import Feature
-from service.ml.predictor import ForestPredictor, _forest_proba
+from service.ml.predictor import ForestPredictor, _float32_floor, _forest_proba
 
 FloatArray = npt.NDArray[np.float64]
 IRIS: FloatArray = np.asarray(load_iris().data, dtype=np.float64)
@@ -231,3 +231,20 @@ def test_wine_extra_trees_match_sklearn(predictor: ForestPredictor) -> None:
     _assert_matches_reference(
         extra, np.concatenate([wine.data, rng.uniform(low, high, (4_000, 13))])
     )
+
+
+def test_thresholds_are_rounded_down_to_the_largest_float32_at_or_below_them() -> None:
+    """The walk compares float32 with these; it splits as scikit-learn's float32-against-
+    float64 comparison only if each is the largest float32 that is not above the original."""
+    rng = np.random.default_rng(7)
+    exact = rng.random(1000).astype(np.float32).astype(np.float64)
+    between = np.nextafter(exact, np.inf)  # just above a float32: rounds to nearest upwards
+    thresholds = np.concatenate([exact, between, rng.normal(0, 1e3, 1000), [1e39, -1e39, 0.0]])
+
+    floors = _float32_floor(thresholds).astype(np.float64)
+
+    assert np.all(floors <= thresholds)
+    with np.errstate(over="ignore"):  # above float32's largest: +inf
+        next_up = np.nextafter(floors.astype(np.float32), np.float32(np.inf)).astype(np.float64)
+    assert np.all(next_up > thresholds)
+    assert np.array_equal(floors[:1000], exact)
