@@ -7,6 +7,7 @@ body, the headers a client acts on), and so must their OpenAPI operations.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import httpx
@@ -16,7 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from service.api.deps import CurrentUser, PredictAccess
-from service.api.direct import PredictionRoute
+from service.api.direct import PredictionRoute, _loads
 from service.api.routes.v2 import HEADER_LENGTH
 from tests.support.auth import bearer, create_user, login
 
@@ -54,6 +55,14 @@ BODIES: list[tuple[str, bytes, dict[str, str]]] = [
         b' "data": [5.1, 3.5, 1.4, 0.2]}]}',
         {},
     ),
+    # Where orjson (the fast parse) and json (FastAPI's) could part: the answers must not.
+    ("an integer beyond 64 bits", b'{"data": [18446744073709551616, 3.5, 1.4, 0.2]}', JSON),
+    ("an integer below -2**63", b'{"data": [-9223372036854775809, 3.5, 1.4, 0.2]}', JSON),
+    ("20 significant digits", b'{"data": [5.1000000000000000001, 3.5, 1.4, 0.2]}', JSON),
+    ("a float beyond float64", b'{"data": [1e400, 3.5, 1.4, 0.2]}', JSON),
+    ("a UTF-8 BOM", b'\xef\xbb\xbf{"data": [5.1, 3.5, 1.4, 0.2]}', JSON),
+    ("a lone surrogate", b'{"data": [5.1, 3.5, 1.4, 0.2], "x": "\\ud800"}', JSON),
+    ("UTF-16", '{"data": [5.1, 3.5, 1.4, 0.2]}'.encode("utf-16"), JSON),
     (
         "V2 binary header too long",
         b'{"inputs": []}',
@@ -216,3 +225,28 @@ async def test_prediction_requests_take_the_lane_and_nothing_else_does(
     assert (await client.post("/predict/", headers=user_headers)).status_code in (307, 404)
     assert (await client.get("/healthz")).status_code == 200
     assert routed == ["/predict", "/predict/", "/healthz"]
+
+
+DOCUMENTS = [body for _, body, _ in BODIES] + [
+    b"12345678901234567890",
+    b"-0",
+    b"[1e-400, -0.0, 0.1, 1.7976931348623157e308, 5e-324]",
+    b'{"a": 1, "a": 2}',
+    b'"\\u0000\x7f"',
+    b"[" * 1500 + b"]" * 1500,
+]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_the_fast_parse_gives_what_json_gives(document: bytes) -> None:
+    """`_loads` (orjson where it agrees) against `json.loads`, FastAPI's parser: the same
+    value with the same types, or the same error."""
+    try:
+        expected: Any = json.loads(document)
+    except Exception as exc:  # whichever error json raises
+        with pytest.raises(type(exc)):
+            _loads(document)
+        return
+    got = _loads(document)
+    assert got == expected or (got != got and expected != expected)
+    assert repr(got) == repr(expected)  # types too: 1 is not 1.0, -0.0 is not 0.0
