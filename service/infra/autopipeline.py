@@ -141,15 +141,12 @@ def _packed(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
     head = _HEADS.get(sha)
     if head is None:
         head = _HEADS[sha] = b"$7\r\nEVALSHA\r\n" + _bulk(sha)
-    values = [_encoded(value) for value in (len(keys), *keys, *args)]
-    return b"*%d\r\n%b%b" % (
-        len(values) + 2,
-        head,
-        b"".join([b"$%d\r\n%b\r\n" % (len(value), value) for value in values]),
-    )
+    values = (len(keys), *keys, *args)
+    return b"*%d\r\n%b%b" % (len(values) + 2, head, b"".join(map(_bulk, values)))
 
 
 def _bulk(value: Any) -> bytes:
+    """One RESP bulk string."""
     encoded = _encoded(value)
     return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
 
