@@ -18,12 +18,13 @@ is built (under gunicorn: once, in the master, before the workers fork), not on 
 request; it releases the GIL, so a large batch in the thread pool leaves the event loop
 free.
 
-The results are bit-for-bit those of sklearn: each value is cast to float32 and compared
-with the float64 threshold (as sklearn does), and per-tree probabilities are summed in tree
-order and then divided by the tree count, exactly like ``ForestClassifier.predict_proba``.
-Exact ties between classes therefore break the same way too. (The served model's leaves are
-pure, so its per-tree sums are exact anyway; the order matters for forests with mixed
-leaves, which the tests also cover.)
+The results are bit-for-bit those of sklearn: each value is cast to float32 (as sklearn
+does) and compared with the threshold rounded down to a float32, which splits every row as
+sklearn's comparison with the float64 threshold does (`_float32_floor`); per-tree
+probabilities are summed in tree order and then divided by the tree count, exactly like
+``ForestClassifier.predict_proba``. Exact ties between classes therefore break the same
+way too. (The served model's leaves are pure, so its per-tree sums are exact anyway; the
+order matters for forests with mixed leaves, which the tests also cover.)
 """
 
 from __future__ import annotations
