@@ -6,6 +6,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -154,27 +156,37 @@ class _CountingStream:
         return None
 
 
-def test_access_lines_are_written_off_the_request_path_in_batches() -> None:
-    """A request only queues its record: the writer thread formats a batch and writes it in
-    one call, and stopping writes what is left, in order."""
+@contextmanager
+def _our_stderr_handler(formatter: logging.Formatter) -> Iterator[_CountingStream]:
+    """The root logger with only the service's stderr handler (the one `defer_access_log`
+    takes over), writing to a stream that keeps each write, and the access logger at INFO;
+    both restored afterwards."""
     stream = _CountingStream()
     handler = logging.StreamHandler(stream)
     handler.set_name(STDERR_HANDLER)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     access = logging.getLogger(ACCESS_LOGGER)
     saved = root.handlers[:], access.level
     root.handlers = [handler]
     access.setLevel(logging.INFO)
     try:
+        yield stream
+    finally:
+        root.handlers, _ = saved
+        access.setLevel(saved[1])
+
+
+def test_access_lines_are_written_off_the_request_path_in_batches() -> None:
+    """A request only queues its record: the writer thread formats a batch and writes it in
+    one call, and stopping writes what is left, in order."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    with _our_stderr_handler(logging.Formatter("%(message)s")) as stream:
         stop = defer_access_log(interval=3600)
         for n in range(200):
             access.info("line %d", n)
         assert stream.writes == []  # nothing formatted or written on the caller's thread
         stop()
-    finally:
-        root.handlers, _ = saved
-        access.setLevel(saved[1])
     assert stream.writes == ["".join(f"line {n}\n" for n in range(200))]
     assert access.handlers == []
     assert access.propagate
@@ -201,16 +213,8 @@ def test_an_access_line_from_its_entry_is_the_line_of_its_record(
 
 
 def test_access_entries_are_written_off_the_request_path_in_order_with_records() -> None:
-    stream = _CountingStream()
-    handler = logging.StreamHandler(stream)
-    handler.set_name(STDERR_HANDLER)
-    handler.setFormatter(JsonFormatter("api-1"))
-    root = logging.getLogger()
     access = logging.getLogger(ACCESS_LOGGER)
-    saved = root.handlers[:], access.level
-    root.handlers = [handler]
-    access.setLevel(logging.INFO)
-    try:
+    with _our_stderr_handler(JsonFormatter("api-1")) as stream:
         stop = defer_access_log(interval=3600)
         log_access(ENTRIES[0])
         access.warning("between")
@@ -218,9 +222,6 @@ def test_access_entries_are_written_off_the_request_path_in_order_with_records()
         assert stream.writes == []  # nothing formatted or written on the caller's thread
         stop()
         log_access(ENTRIES[2])  # after stop: handled at once, as a record
-    finally:
-        root.handlers, _ = saved
-        access.setLevel(saved[1])
     lines = [json.loads(line) for line in "".join(stream.writes).splitlines()]
     assert [line["message"] for line in lines] == [
         "POST /predict 200",
@@ -233,20 +234,8 @@ def test_access_entries_are_written_off_the_request_path_in_order_with_records()
 
 
 def test_a_handler_with_a_formatter_of_its_own_gets_the_access_record() -> None:
-    stream = _CountingStream()
-    handler = logging.StreamHandler(stream)
-    handler.set_name(STDERR_HANDLER)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    access = logging.getLogger(ACCESS_LOGGER)
-    saved = root.handlers[:], access.level
-    root.handlers = [handler]
-    access.setLevel(logging.INFO)
-    try:
+    with _our_stderr_handler(logging.Formatter("%(name)s %(levelname)s %(message)s")) as stream:
         stop = defer_access_log(interval=3600)
         log_access(ENTRIES[0])
         stop()
-    finally:
-        root.handlers, _ = saved
-        access.setLevel(saved[1])
     assert stream.writes == ["service.access INFO POST /predict 200\n"]
