@@ -45,29 +45,26 @@ def _assert_each_got_its_own(
         np.testing.assert_array_equal(answer, predictor.predict_proba(rows))
 
 
-async def test_one_turns_calls_share_a_call_and_get_exactly_their_own_answers(
-    predictor: ForestPredictor,
+@pytest.mark.parametrize(
+    ("max_rows", "sizes", "calls"),
+    [
+        # Everything of one turn in one call.
+        (64, [1, 3, 1, 2, 5, 1, 1, 4] * 3, [54]),
+        # Grouped up to max_rows, in order; a call larger than that runs alone.
+        (8, [3, 3, 3, 20, 2, 2, 2, 2, 1], [6, 3, 20, 8, 1]),
+    ],
+    ids=["one-call", "grouped-up-to-max-rows"],
+)
+async def test_one_turns_calls_share_calls_and_get_exactly_their_own_answers(
+    predictor: ForestPredictor, max_rows: int, sizes: list[int], calls: list[int]
 ) -> None:
     counting = CountingPredictor(predictor)
-    inference = CoalescedInference(counting, max_rows=64)  # type: ignore[arg-type]
-    inputs = _inputs([1, 3, 1, 2, 5, 1, 1, 4] * 3)
+    inference = CoalescedInference(counting, max_rows=max_rows)  # type: ignore[arg-type]
+    inputs = _inputs(sizes)
 
     answers = await asyncio.gather(*(inference.predict_proba(rows) for rows in inputs))
 
-    assert counting.calls == [sum(len(rows) for rows in inputs)]
-    _assert_each_got_its_own(predictor, inputs, answers)
-
-
-async def test_calls_are_grouped_up_to_max_rows_and_a_larger_one_runs_alone(
-    predictor: ForestPredictor,
-) -> None:
-    counting = CountingPredictor(predictor)
-    inference = CoalescedInference(counting, max_rows=8)  # type: ignore[arg-type]
-    inputs = _inputs([3, 3, 3, 20, 2, 2, 2, 2, 1])
-
-    answers = await asyncio.gather(*(inference.predict_proba(rows) for rows in inputs))
-
-    assert counting.calls == [6, 3, 20, 8, 1]
+    assert counting.calls == calls
     _assert_each_got_its_own(predictor, inputs, answers)
 
 
