@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections import Counter as Tally
-from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -136,7 +136,8 @@ class HotPathMetrics:
         self._requests: dict[tuple[str, str, int], tuple[list[int], _Observations]] = {}
         self._inference = _Observations(INFERENCE_LATENCY)
         self._batch = _Observations(BATCH_SIZE)
-        self._predictions: Tally[str] = Tally()
+        # Per class-name tuple (one per model served), the wins of each class.
+        self._predictions: dict[tuple[str, ...], npt.NDArray[np.intp]] = {}
 
     def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -146,10 +147,16 @@ class HotPathMetrics:
         entry[0][0] += 1
         entry[1].observe(seconds)
 
-    def inference(self, labels: Iterable[str], rows: int, seconds: float) -> None:
+    def inference(
+        self, labels: tuple[str, ...], votes: npt.NDArray[np.intp], rows: int, seconds: float
+    ) -> None:
         self._inference.observe(seconds)
         self._batch.observe(rows)
-        self._predictions.update(labels)
+        tally = self._predictions.get(labels)
+        if tally is None:
+            self._predictions[labels] = votes.copy()
+        else:
+            tally += votes
 
     def flush(self) -> None:
         """Fold the tallies into the metrics (this process's multiprocess files)."""
@@ -162,8 +169,10 @@ class HotPathMetrics:
                 count[0] = 0
         self._inference.flush_into(INFERENCE_LATENCY)
         self._batch.flush_into(BATCH_SIZE)
-        for label, count_ in self._predictions.items():
-            PREDICTIONS.labels(label).inc(count_)
+        for classes, votes in self._predictions.items():
+            for label, count_ in zip(classes, votes.tolist(), strict=True):
+                if count_:
+                    PREDICTIONS.labels(label).inc(count_)
         self._predictions.clear()
 
     async def flush_periodically(self) -> None:
@@ -176,8 +185,11 @@ class HotPathMetrics:
 HOT_PATH = HotPathMetrics()
 
 
-def record_inference(labels: Iterable[str], rows: int, seconds: float) -> None:
-    HOT_PATH.inference(labels, rows, seconds)
+def record_inference(
+    labels: tuple[str, ...], votes: npt.NDArray[np.intp], rows: int, seconds: float
+) -> None:
+    """One inference call: `votes[i]` of its `rows` went to class `labels[i]`."""
+    HOT_PATH.inference(labels, votes, rows, seconds)
 
 
 def exposition() -> bytes:

@@ -50,10 +50,11 @@ async def predict_rows(runtime: Runtime, rows: FloatArray) -> tuple[FloatArray, 
         probabilities = await runtime.inference.predict_proba(rows)
     else:
         probabilities = await run_in_threadpool(predictor.predict_proba, rows)
-    winners: list[int] = probabilities.argmax(axis=1).tolist()
+    winning = probabilities.argmax(axis=1)
     labels = predictor.class_names
-    record_inference((labels[w] for w in winners), len(rows), time.perf_counter() - start)
-    return probabilities, winners
+    votes = np.bincount(winning, minlength=len(labels))
+    record_inference(labels, votes, len(rows), time.perf_counter() - start)
+    return probabilities, winning.tolist()
 
 
 async def _infer(runtime: Runtime, rows: list[list[float]]) -> list[dict[str, object]]:
