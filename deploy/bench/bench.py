@@ -12,7 +12,7 @@ rounds (wrk.py): in each, at each connection count, every target's scenarios bac
 so each goal is a ratio of two numbers of one round. For every run of the service, Redis's
 INFO on every primary before and after gives its CPU per request and the EVALSHA cost
 (redis_stats.py). Writes reports/bench.{json,md,png}; `--profile` also samples the direct
-workers with py-spy under `POST /predict` load (reports/profile.*).
+workers with py-spy under `POST /predict` load, or `--profile-scenario`'s (reports/profile.*).
 
 Exit status: 0 when the measurement worked, even if a goal is MISSED (it is a measurement),
 and when a peer could not be installed (the run goes on without it and the report says so);
@@ -59,7 +59,7 @@ from processes import (
 )
 from profiling import profile
 from report import write_report
-from scenarios import Result
+from scenarios import PROFILED, Result
 from wrk import Target, run_rounds, warm_up
 
 REDIS_MODES = ("standalone", "cluster", "sentinel")
@@ -135,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Redis Cluster, so the per-user keys spread over its primaries; 1 otherwise)",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="py-spy the direct workers")
+    parser.add_argument("--profile-scenario", choices=sorted(PROFILED), default="predict",
+                        help="the load --profile samples them under")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: 1 s runs, 1 round, no cluster (tests)"
     )
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(targets, args, work)
             results = run_rounds(targets, args, work)
             if args.profile:
-                print("\nprofiling POST /predict with py-spy ...")
+                print(f"\nprofiling {PROFILED[args.profile_scenario].name} with py-spy ...")
                 profile(targets[1], args, work, args.out)
     except ToolError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)

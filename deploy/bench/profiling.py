@@ -1,4 +1,5 @@
-"""Where a worker's CPU goes under POST /predict load: py-spy sampling and its analysis.
+"""Where a worker's CPU goes under load (`POST /predict` unless `--profile-scenario` says
+another): py-spy sampling and its analysis.
 
 `--profile` only. py-spy records two workers while wrk drives the load; the collapsed stacks
 are charged to libraries (JWT, Redis client, pydantic, ...) and to a few functions of the
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import ToolError
-from scenarios import PREDICT_SCENARIO
+from scenarios import PROFILED
 from wrk import Target, measure
 
 
@@ -112,14 +113,16 @@ def analyse_folded(path: Path) -> dict[str, Any]:
 
 
 def profile(target: Target, args: argparse.Namespace, work: Path, out: Path) -> dict[str, Any]:
-    """py-spy on both workers of `target` (the direct service) while wrk drives POST /predict
-    at the highest connection count: one worker recorded as a flame graph (SVG), the other as
-    collapsed stacks to analyse."""
+    """py-spy on both workers of `target` (the direct service) while wrk drives the
+    `--profile-scenario` (POST /predict by default) at the highest connection count: one
+    worker recorded as a flame graph (SVG), the other as collapsed stacks to analyse."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     workers = target.deployment.workers()
     if len(workers) < 2 or not Path(py_spy).exists():
         raise ToolError("profiling needs py-spy and two workers")
-    seconds = args.duration
+    # Past the end of the load: py-spy attaches for a second first, and an idle worker adds
+    # no samples (idle threads are not recorded).
+    seconds = args.duration + 2
     folded = out / "profile.folded.txt"
     recorders = [
         subprocess.Popen(
@@ -147,7 +150,8 @@ def profile(target: Target, args: argparse.Namespace, work: Path, out: Path) -> 
         )
     ]
     time.sleep(1.0)  # py-spy attaches
-    result = measure(target, PREDICT_SCENARIO, max(args.connections), args, work)
+    scenario = PROFILED[args.profile_scenario]
+    result = measure(target, scenario, max(args.connections), args, work)
     for recorder in recorders:
         _, err = recorder.communicate(timeout=seconds + 60)
         if recorder.returncode != 0:
@@ -158,7 +162,7 @@ def profile(target: Target, args: argparse.Namespace, work: Path, out: Path) -> 
     analysis["worker_cpu_us_per_request"] = worker_us
     (out / "profile.json").write_text(json.dumps(analysis, indent=2) + "\n")
     lines = [
-        f"# Profile of POST /predict at {result.connections} connections (py-spy, one worker)",
+        f"# Profile of {scenario.name} at {result.connections} connections (py-spy, one worker)",
         "",
         f"{result.rps:,.0f} req/s under py-spy (sampling slows it), p99 {result.p99_ms:.1f} ms; "
         f"worker CPU {worker_us:.0f} µs per request (both workers), "

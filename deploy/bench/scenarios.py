@@ -65,6 +65,9 @@ MLSERVER_INFER = Scenario(
     auth=False,
 )
 
+# What `--profile` can sample the workers under (`--profile-scenario`).
+PROFILED = {"predict": PREDICT_SCENARIO, "v2": V2_SCENARIO, "batch": BATCH_SCENARIO}
+
 # The service's own scenarios, in the order they run; /healthz (no auth, no Redis) is a
 # reference row: what the service's middleware costs without the protections.
 SCENARIOS = (HEALTHZ, PREDICT_SCENARIO, V2_SCENARIO, BATCH_SCENARIO)

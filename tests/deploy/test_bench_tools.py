@@ -329,11 +329,12 @@ def test_loadtest_duration_syntax() -> None:
 def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     """bench.py --quick: its own Redis, the ceiling, the service and the service as of HEAD
     (`--baseline`: exported from git, its own model and Redis), 1 round of 1 s wrk runs, the
-    goals and the capacity line printed, report files, exit 0 (missed goals included)."""
+    goals and the capacity line printed, report files, exit 0 (missed goals included); and
+    `--profile` under the batch scenario: py-spy's samples charged to the libraries."""
     out = tmp_path / "reports"
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--out", str(out), "--model-dir", str(model_dir),
-         "--baseline", "HEAD"],
+         "--baseline", "HEAD", "--profile", "--profile-scenario", "batch"],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -365,6 +366,11 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     md = (out / "bench.md").read_text()
     assert "| POST /predict |" in md
     assert "| POST /v2/models/iris-rf/infer |" in md
+    profile = json.loads((out / "profile.json").read_text())
+    assert profile["samples"] > 0
+    assert profile["under_load"]["scenario"] == "POST /predict/batch (64)"
+    assert profile["inclusive"]["ForestPredictor.predict_proba"] > 0
+    assert (out / "profile.md").read_text().startswith("# Profile of POST /predict/batch (64)")
 
 
 @pytest.fixture(scope="module")
