@@ -13,10 +13,9 @@ tree, as scikit-learn's own compiled loop does, in one call for the whole input.
 (README, Performance; ``deploy/bench/model_bench.py`` measures both): ~2.7-3.0 µs per call
 for one Iris row and ~55-61 µs for 64, since the arrays are 32-bit (~3.4 and ~74-82 µs
 with 64-bit ones), where the vectorised numpy walk before them spent ~29 µs and ~310 µs in
-two dozen numpy calls. The function is compiled when the predictor
-is built (under gunicorn: once, in the master, before the workers fork), not on the first
-request; it releases the GIL, so a large batch in the thread pool leaves the event loop
-free.
+two dozen numpy calls. The function is compiled when the predictor is built (under
+gunicorn: once, in the master, before the workers fork), not on the first request; it
+releases the GIL, so a large batch in the thread pool leaves the event loop free.
 
 The results are bit-for-bit those of sklearn: each value is cast to float32 (as sklearn
 does) and compared with the threshold rounded down to a float32, which splits every row as
