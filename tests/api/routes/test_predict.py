@@ -45,6 +45,32 @@ async def test_served_probabilities_equal_sklearn_on_all_iris_rows(
     assert all(p["label"] == classes[p["prediction"]] for p in served)
 
 
+async def test_batches_repeating_rows_in_any_order_equal_sklearn(
+    model_dir: Path, client: httpx.AsyncClient, user_headers: dict[str, str]
+) -> None:
+    """The batch route serves the answers of rows it has seen from kept bytes
+    (`AnswerCache`): later batches mixing seen rows, in another order, with unseen ones
+    still get each row's own answer, and /predict agrees with the batch on every row."""
+    iris = load_iris().data
+    estimator = joblib.load(model_dir / MODEL_FILE)
+    order = np.random.default_rng(7).permutation(len(iris))
+    batches = [order[:60], order[30:90], order[::-1][:64], order[:60]]
+    for indices in batches:
+        rows = iris[indices].tolist()
+        response = await client.post(
+            "/predict/batch", json={"instances": rows}, headers=user_headers
+        )
+        assert response.status_code == 200, response.text
+        served = response.json()["predictions"]
+        expected = estimator.predict_proba(np.asarray(rows))
+        got = [list(answer["probabilities"].values()) for answer in served]
+        np.testing.assert_array_equal(np.asarray(got), expected)
+        assert [answer["prediction"] for answer in served] == expected.argmax(axis=1).tolist()
+    for row, answer in zip(rows[:5], served[:5], strict=True):
+        single = await client.post("/predict", json={"data": row}, headers=user_headers)
+        assert single.json() | {"model_version": None} == answer | {"model_version": None}
+
+
 async def test_concurrent_predictions_each_get_their_own_row_s_answer(
     model_dir: Path, client: httpx.AsyncClient, user_headers: dict[str, str]
 ) -> None:
