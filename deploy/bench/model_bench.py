@@ -1,10 +1,12 @@
 """Per-call cost of scikit-learn's predict_proba versus the service's exact fast path.
 
-Run: .venv/bin/python deploy/bench/model_bench.py [--rows 1 64 ...]
+Run: .venv/bin/python deploy/bench/model_bench.py [--rows 1 64 ...] [--uniform]
 
 Trains a fresh model in a temporary directory (seed 42, as `make model` does), checks the
 two paths agree bit for bit on the benchmark rows, then times each with timeit (best of
-several repeats, so the number is the cost, not the machine's noise).
+several repeats, so the number is the cost, not the machine's noise). The rows are the
+dataset's, in order; with --uniform they are drawn uniformly over each feature's range in
+the dataset (seed 0), whose paths through the trees vary more from tree to tree.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def best_per_call(fn: Callable[[], object], budget_s: float = 0.2) -> float:
     return min(timer.repeat(repeat=REPEATS, number=number)) / number
 
 
-def rows(n: int) -> npt.NDArray[np.float64]:
+def rows(n: int, *, uniform: bool = False) -> npt.NDArray[np.float64]:
     iris = np.asarray(load_iris().data, dtype=np.float64)
+    if uniform:
+        low, high = iris.min(axis=0), iris.max(axis=0)
+        return np.random.default_rng(0).uniform(low, high, size=(n, iris.shape[1]))
     return np.ascontiguousarray(np.resize(iris, (n, iris.shape[1])))
 
 
@@ -47,6 +52,9 @@ def fmt(seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64], help="batch sizes")
+    parser.add_argument(
+        "--uniform", action="store_true", help="rows drawn uniformly over the features' ranges"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +65,7 @@ def main() -> None:
     print(f"model {predictor.manifest.version}, {len(predictor.estimator.estimators_)} trees")
     print(f"{'rows':>6}  {'sklearn predict_proba':>22}  {'fast path':>10}  {'speed-up':>8}")
     for n in args.rows:
-        X = rows(n)
+        X = rows(n, uniform=args.uniform)
         if not np.array_equal(predictor.predict_proba(X), predictor.predict_proba_reference(X)):
             raise SystemExit(f"fast path differs from scikit-learn on {n} rows")
         reference = best_per_call(partial(predictor.estimator.predict_proba, X))

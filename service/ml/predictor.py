@@ -86,21 +86,25 @@ def _forest_proba(
     n_trees = roots.size
     n_classes = values.shape[1]
     row = np.empty(n_features, dtype=np.float32)
+    # A row's sums are kept in an array of the function's own and written to `out` once:
+    # the same additions in the same order, but 64 rows whose paths vary from tree to tree
+    # (`model_bench.py --uniform`) take ~90 µs instead of ~195-245 when summed in `out`
+    # itself. The dataset's own rows take ~52-58 µs either way.
+    totals = np.empty(n_classes, dtype=np.float64)
     for i in range(n_rows):
         for f in range(n_features):
             row[f] = np.float32(X[i, f])
             if not np.isfinite(row[f]):
                 return False
-        for c in range(n_classes):
-            out[i, c] = 0.0
+        totals[:] = 0.0
         for t in range(n_trees):
             node = roots[t]
             while left[node] != _TREE_LEAF:
                 node = left[node] if row[feature[node]] <= threshold[node] else right[node]
             for c in range(n_classes):
-                out[i, c] += values[node, c]
+                totals[c] += values[node, c]
         for c in range(n_classes):
-            out[i, c] /= n_trees
+            out[i, c] = totals[c] / n_trees
     return True
 
 
