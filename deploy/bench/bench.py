@@ -148,7 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline", metavar="REV", default=None,
         help="also run the service as of this git revision (its own Redis, 2 workers) in "
-        "the same rounds, for /healthz and /predict: a change must not lose more than 5%%",
+        "the same rounds, for /healthz, /predict and the batch: a change must not lose more "
+        "than 5%% of either's throughput",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:

@@ -116,12 +116,13 @@ def goals(results: list[Result], unavailable: dict[str, str] | None = None) -> l
                  True, "" if nginx_ran else "nginx not run (--no-cluster)")
         )  # fmt: skip
     if any(r.target == "baseline" for r in results):
-        for conns in (64, 16):
-            out.append(
-                Goal(f"POST /predict @{conns} / the baseline revision's (req/s)",
-                     ratio(("direct", PREDICT, conns), ("baseline", PREDICT, conns)), 0.95,
-                     "share", True)
-            )  # fmt: skip
+        for scenario in (PREDICT, BATCH):
+            for conns in (64, 16):
+                out.append(
+                    Goal(f"{scenario} @{conns} / the baseline revision's (req/s)",
+                         ratio(("direct", scenario, conns), ("baseline", scenario, conns)),
+                         0.95, "share", True)
+                )  # fmt: skip
     for conns in (64, 16):
         for pct in ("p50", "p99"):
             out.append(

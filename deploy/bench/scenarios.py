@@ -84,7 +84,7 @@ TARGET_SCENARIOS: dict[str, tuple[Scenario, ...]] = {
     "ceiling": (CEILING_PREDICT,),
     "direct": SCENARIOS,
     "nginx": (PREDICT_SCENARIO,),
-    "baseline": (HEALTHZ, PREDICT_SCENARIO),
+    "baseline": (HEALTHZ, PREDICT_SCENARIO, BATCH_SCENARIO),
     "mlserver": (MLSERVER_INFER,),
 }
 

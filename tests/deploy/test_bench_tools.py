@@ -118,6 +118,7 @@ def test_goals_are_ratios_within_each_round() -> None:
 
 
 def test_a_baseline_revision_is_a_goal_of_at_most_5_percent_lost() -> None:
+    """For /predict and for the batch, each at 16 and 64 connections."""
     report = _bench_module("report")
     s = _bench_module("scenarios")
     results = _round(1, 10_000, 3_000)
@@ -125,12 +126,18 @@ def test_a_baseline_revision_is_a_goal_of_at_most_5_percent_lost() -> None:
     results += [
         _result("baseline", s.PREDICT, 64, 1, rps=3_100),
         _result("baseline", s.PREDICT, 16, 1, rps=3_500),
+        _result("baseline", s.BATCH, 64, 1, rps=1_700),
+        _result("baseline", s.BATCH, 16, 1, rps=1_500),
     ]
     found = {g.name: g for g in report.goals(results)}
     at64 = found["POST /predict @64 / the baseline revision's (req/s)"]
     assert (at64.worst, at64.status) == (pytest.approx(3_000 / 3_100), "PASS")
     at16 = found["POST /predict @16 / the baseline revision's (req/s)"]
     assert (at16.worst, at16.status) == (pytest.approx(3_000 / 3_500), "MISSED")
+    batch64 = found[f"{s.BATCH} @64 / the baseline revision's (req/s)"]
+    assert (batch64.worst, batch64.status) == (pytest.approx(1_500 / 1_700), "MISSED")
+    batch16 = found[f"{s.BATCH} @16 / the baseline revision's (req/s)"]
+    assert (batch16.worst, batch16.status) == (pytest.approx(1), "PASS")
 
 
 def test_goal_of_a_peer_that_could_not_be_installed_says_why() -> None:
@@ -340,10 +347,10 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
     # One round, at 16 and 64 connections: the ceiling, the service's 4 scenarios and the
-    # baseline's /healthz and /predict.
-    assert len(report["results"]) == 14
+    # baseline's /healthz, /predict and batch.
+    assert len(report["results"]) == 16
     assert [(r["connections"], r["target"]) for r in report["results"]] == [
-        (c, t) for c in (16, 64) for t in ("ceiling", *["direct"] * 4, "baseline", "baseline")
+        (c, t) for c in (16, 64) for t in ("ceiling", *["direct"] * 4, *["baseline"] * 3)
     ]
     for result in report["results"]:
         assert result["requests"] > 0
@@ -357,6 +364,10 @@ def test_bench_quick_mode(tmp_path: Path, model_dir: Path) -> None:
     assert goals["POST /predict @64 / ceiling (req/s)"] in {"PASS", "MISSED"}
     assert goals["V2 infer @64 / ceiling (req/s)"] in {"PASS", "MISSED"}
     assert goals["POST /predict @64 / the baseline revision's (req/s)"] in {"PASS", "MISSED"}
+    assert goals["POST /predict/batch (64) @64 / the baseline revision's (req/s)"] in {
+        "PASS",
+        "MISSED",
+    }
     assert report["capacity_summary"].startswith("CAPACITY (Redis standalone")
     printed = done.stdout
     assert "goals (each a ratio within one round" in printed
